@@ -1,0 +1,125 @@
+"""AdapterConfig: every knob of GOAT and its baselines, with the paper's defaults.
+
+Defaults follow `goat-method.md` ("goat's decisions" 1-4): they reproduce what produced the paper's
+numbers. Method presets (the `configs/method/*.yaml` files) override a few of them per method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+SCALING_RULES = ("reference", "theory", "lora", "rs")
+SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
+BALANCE_CONVENTIONS = ("reference", "paper")
+DROPOUT_MODES = ("per_expert", "shared")
+
+
+@dataclass
+class AdapterConfig:
+    """One flat schema for every method of the registry (fields a method does not use are ignored).
+
+    Scaling rules (spec §3), with d = r / num_experts the per-expert rank and n = in_features:
+      reference: s = lora_alpha / d            (official scripts; 16 in every task)
+      theory:    s = sqrt(3 * eta * n / d)     (paper Thm 3.5)
+      lora:      s = lora_alpha / r            (plain LoRA)
+      rs:        s = lora_alpha / sqrt(d)      (rank-stabilised)
+    """
+
+    method: str = "goat"
+    # LoRA family (names as in PEFT).
+    r: int = 8  # total rank over all experts (paper: ViT/NLG 8, GLUE/CR 32)
+    lora_alpha: float = 16.0  # paper: alpha = 2r
+    lora_dropout: float = 0.05
+    # None: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
+    # names, or plain suffixes ("q_proj" matches "model.layers.0.self_attn.q_proj").
+    target_modules: list[str] | None = None
+    # Modules trained fully and saved with the adapter (the task head). None: detected by name.
+    modules_to_save: list[str] | None = None
+    # MoE (GOAT, MoLoRA, AdaMoLE, HydraLoRA, full-FT MoE).
+    num_experts: int = 8
+    top_k: int = 2
+    balance_coef: float = 1e-3  # lambda, summed over layers (spec §4)
+    balance_convention: str = "reference"  # reference = top_k x the paper's Eq. 26-28
+    dropout_mode: str = "per_expert"  # independent dropout mask per (token, selected expert)
+    # GOAT initialisation (spec §2) and scaling (spec §3).
+    scaling: str = "reference"
+    eta: float = 1.0  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)
+    rho: float = 10.0  # shrink of the SVD factors
+    init_coef: float | None = None  # residual coefficient; None means 1 / num_experts
+    segments: str = "ours"  # ours | principal | minor | random (Table 5 ablations)
+    per_expert_scaling: bool = False  # GOAT-s (Table 8): s_i = s_1 * sqrt(sigma_1 / sigma_i)
+    svd_shrink: bool = False  # PiSSA/MiLoRA: also divide by rho and keep init_coef (the reference's variant)
+    seed: int = 0  # random segments, router and expert init
+    # SVD cache: a directory, or None to disable.
+    svd_cache_dir: str | None = "~/.cache/goat/svd"
+    model_id: str | None = None  # identity used in the SVD cache key (defaults to config._name_or_path)
+
+    @property
+    def expert_rank(self) -> int:
+        return self.r // self.num_experts
+
+    def scaling_value(self, in_features: int) -> float:
+        """s of one expert for a layer with `in_features` inputs, by `self.scaling` (spec §3)."""
+        d = self.expert_rank
+        if self.scaling == "reference":
+            return self.lora_alpha / d
+        if self.scaling == "theory":
+            return math.sqrt(3.0 * self.eta * in_features / d)
+        if self.scaling == "lora":
+            return self.lora_alpha / self.r
+        return self.lora_alpha / math.sqrt(d)
+
+    def effective_init_coef(self) -> float:
+        return 1.0 / self.num_experts if self.init_coef is None else self.init_coef
+
+    def replace(self, **changes) -> AdapterConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AdapterConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+def validate_choices(cfg: AdapterConfig) -> None:
+    """Checks that need no model: enumerations and MoE shape constraints."""
+    for name, allowed in (
+        ("scaling", SCALING_RULES),
+        ("segments", SEGMENT_CHOICES),
+        ("balance_convention", BALANCE_CONVENTIONS),
+        ("dropout_mode", DROPOUT_MODES),
+    ):
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
+    if cfg.r < 1:
+        raise ValueError(f"adapter.r must be >= 1, got {cfg.r}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ValueError(f"adapter.lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    if cfg.rho <= 0:
+        raise ValueError(f"adapter.rho must be > 0, got {cfg.rho}")
+
+
+def validate_moe(cfg: AdapterConfig) -> None:
+    """MoE constraints (spec §0): d = r / E must be a whole number >= 1, and top_k <= E."""
+    if cfg.num_experts < 1:
+        raise ValueError(f"adapter.num_experts must be >= 1, got {cfg.num_experts}")
+    if not 1 <= cfg.top_k <= cfg.num_experts:
+        raise ValueError(
+            f"adapter.top_k must be between 1 and num_experts={cfg.num_experts}, got {cfg.top_k}; "
+            "lower top_k or raise num_experts"
+        )
+    if cfg.r % cfg.num_experts != 0:
+        raise ValueError(
+            f"adapter.r={cfg.r} is not divisible by num_experts={cfg.num_experts}: each expert needs "
+            f"rank r / E; use r={cfg.num_experts * max(1, cfg.r // cfg.num_experts)} or change num_experts"
+        )
+

@@ -1,0 +1,257 @@
+"""Routing shared by every MoE method: gates, the balance loss, expert load, and the LoRA-MoE layer.
+
+Shapes: T tokens (batch and sequence flattened), n = in_features, m = out_features, E experts,
+d = per-expert rank, r = E * d.
+
+The LoRA-MoE forward (spec §1) is vectorised: all experts' down-projections are one (T, n) x (n, r)
+product, the routing weights scale each expert's d-slice of the rank activation, and all
+up-projections are one (T, r) x (r, m) product. No Python loop over experts and no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RoutingContext:
+    """Holds the padding mask of the current batch, shared by all MoE layers of one model.
+
+    `token_mask` is (B, L) with 1 for real tokens. A layer whose input has leading shape (B, L) excludes
+    the masked tokens from its balance loss and load statistics; a layer that sees other shapes (a pooler
+    on (B, n)) sees no padding and counts every token.
+    """
+
+    token_mask: torch.Tensor | None = None
+
+
+class Gate(nn.Module):
+    """Turns router probabilities (T, E) into combine weights, a dispatch mask and balance probabilities."""
+
+    def forward(self, probs: torch.Tensor, x: torch.Tensor):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TopKGate(Gate):
+    """Top-k of the softmax, renormalised over the selected experts (paper Eq. 10)."""
+
+    def __init__(self, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+
+    def forward(self, probs, x):
+        values, index = probs.topk(self.top_k, dim=-1)  # (T, k)
+        weights = values / values.sum(dim=-1, keepdim=True)
+        gates = torch.zeros_like(probs).scatter(1, index, weights)  # (T, E)
+        dispatch = torch.zeros_like(probs).scatter(1, index, 1.0)
+        return gates, dispatch, probs, index
+
+
+class ThresholdGate(Gate):
+    """AdaMoLE: expert i is active where p_i > tau(x), tau = sigmoid(w^T x + b) / E; weights (p - tau)+ renormalised."""
+
+    def __init__(self, in_features: int, num_experts: int, dtype=None, device=None):
+        super().__init__()
+        self.num_experts = num_experts
+        self.lora_threshold = nn.Linear(in_features, 1, bias=True, dtype=dtype, device=device)
+
+    def forward(self, probs, x):
+        tau = torch.sigmoid(self.lora_threshold(x).float()) / self.num_experts  # (T, 1)
+        above = (probs - tau).clamp_min(0.0)  # (T, E)
+        total = above.sum(dim=-1, keepdim=True)
+        gates = above / total.clamp_min(torch.finfo(above.dtype).tiny)  # all-zero rows stay zero
+        dispatch = (above > 0).to(probs.dtype)
+        return gates, dispatch, above, None
+
+
+def balance_loss(
+    balance_probs: torch.Tensor, dispatch: torch.Tensor, token_weight: torch.Tensor | None, convention: str
+) -> torch.Tensor:
+    """Load-balancing loss of one layer (spec §4), padding tokens excluded.
+
+    reference (official code): L = E * sum_i (c_i / T) * P_i
+    paper (Eq. 26-28):         L = sum_i (E * c_i / sum_j c_j) * P_i   (= reference / k for top-k)
+    c_i = tokens dispatched to expert i (no gradient), P_i = mean routing probability of expert i.
+    """
+    num_experts = balance_probs.shape[-1]
+    if token_weight is None:
+        token_weight = balance_probs.new_ones(balance_probs.shape[0])
+    real_tokens = token_weight.sum().clamp_min(1.0)
+    mean_prob = (token_weight[:, None] * balance_probs).sum(0) / real_tokens  # (E,)
+    counts = (token_weight[:, None] * dispatch.detach()).sum(0)  # (E,)
+    if convention == "reference":
+        fraction = counts / real_tokens
+        return num_experts * (fraction * mean_prob).sum()
+    fraction = num_experts * counts / counts.sum().clamp_min(1.0)
+    return (fraction * mean_prob).sum()
+
+
+class MoERouting(nn.Module):
+    """Router + gate + bookkeeping; records the layer's balance loss and expert load at each forward."""
+
+    def __init__(self, in_features, num_experts, gate: Gate, balance_coef, balance_convention, context, dtype, device):
+        super().__init__()
+        self.num_experts = num_experts
+        self.lora_router = nn.Linear(in_features, num_experts, bias=False, dtype=dtype, device=device)
+        self.gate = gate
+        self.balance_coef = balance_coef
+        self.balance_convention = balance_convention
+        self.context = context
+        self.last_balance_loss: torch.Tensor | None = None
+        self.last_expert_load: torch.Tensor | None = None
+
+    def forward(self, x2d: torch.Tensor, leading_shape: torch.Size):
+        """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), top-k index (T, k) or None."""
+        probs = self.lora_router(x2d).float().softmax(dim=-1)  # (T, E), fp32 as in the reference
+        gates, dispatch, balance_probs, index = self.gate(probs, x2d)
+        weight = self._token_weight(leading_shape, probs)
+        self.last_balance_loss = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
+        with torch.no_grad():
+            counts = dispatch.sum(0) if weight is None else (weight[:, None] * dispatch).sum(0)
+            self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1
+        return gates, dispatch, index
+
+    def _token_weight(self, leading_shape, probs) -> torch.Tensor | None:
+        mask = self.context.token_mask if self.context is not None else None
+        if mask is None or tuple(mask.shape) != tuple(leading_shape):
+            return None
+        return mask.reshape(-1).to(device=probs.device, dtype=probs.dtype)
+
+
+class MoELoRALinear(nn.Module):
+    """base(x) + sum_{j in routed} w_j * s_j * B_j A_j dropout_j(x)  (spec §1).
+
+    lora_A: (E*d, n) (or (d, n) shared by all experts for HydraLoRA), lora_B: (m, E*d);
+    rows j*d:(j+1)*d of A and columns j*d:(j+1)*d of B are expert j. `scaling` (E,) holds s_j.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        num_experts: int,
+        expert_rank: int,
+        gate: Gate,
+        scaling: torch.Tensor,
+        dropout: float,
+        dropout_mode: str = "per_expert",
+        shared_A: bool = False,
+        balance_coef: float = 0.0,
+        balance_convention: str = "reference",
+        context: RoutingContext | None = None,
+    ):
+        super().__init__()
+        n, m = base_layer.in_features, base_layer.out_features
+        device = base_layer.weight.device
+        dtype = adapter_dtype(base_layer.weight)
+        self.base_layer = base_layer
+        self.in_features, self.out_features = n, m
+        self.num_experts, self.expert_rank = num_experts, expert_rank
+        rank_a = expert_rank if shared_A else num_experts * expert_rank
+        self.lora_A = nn.Parameter(torch.empty(rank_a, n, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(m, num_experts * expert_rank, dtype=dtype, device=device))
+        self.routing = MoERouting(n, num_experts, gate, balance_coef, balance_convention, context, dtype, device)
+        self.register_buffer("scaling", scaling.to(device=device, dtype=torch.float32), persistent=False)
+        self.dropout = dropout
+        self.dropout_mode = "shared" if shared_A or not isinstance(gate, TopKGate) else dropout_mode
+        self.shared_A = shared_A
+        self.residual_factors: tuple[torch.Tensor, torch.Tensor] | None = None
+        if device.type != "meta":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # LoRA default (spec §7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        leading = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features).to(self.lora_A.dtype)  # (T, n)
+        gates, dispatch, index = self.routing(x2d, leading)
+        coef = (gates * self.scaling).to(x2d.dtype)  # (T, E): w_j * s_j, zero for unrouted experts
+        rank_act = self._rank_activations(x2d, index)  # (T, E*d)
+        tokens = rank_act.shape[0]
+        rank_act = (rank_act.view(tokens, self.num_experts, self.expert_rank) * coef[:, :, None]).view(tokens, -1)
+        delta = rank_act @ self.lora_B.t()  # (T, m)
+        return result + delta.view(*leading, self.out_features).to(result.dtype)
+
+    def _rank_activations(self, x2d: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """A_j dropout_j(x) for every expert j: (T, E*d). Unrouted experts are zeroed later by their gate."""
+        dropping = self.training and self.dropout > 0
+        if not dropping or self.dropout_mode == "shared":
+            x_in = F.dropout(x2d, self.dropout, training=True) if dropping else x2d
+            act = x_in @ self.lora_A.t()
+            return act.repeat(1, self.num_experts) if self.shared_A else act
+        # Independent mask per (token, selected expert): one dropout draw per top-k slot.
+        act = None
+        for slot in range(index.shape[1]):  # k slots (2), not E experts
+            chosen = F.one_hot(index[:, slot], self.num_experts).to(x2d.dtype)  # (T, E)
+            chosen = chosen.repeat_interleave(self.expert_rank, dim=1)  # (T, E*d)
+            slot_act = (F.dropout(x2d, self.dropout, training=True) @ self.lora_A.t()) * chosen
+            act = slot_act if act is None else act + slot_act
+        return act
+
+    # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
+    def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:
+        """Keeps the factors (CPU, fp32 or fp64) for saving and subtracts their product from the base weight."""
+        dtype = torch.float64 if residual_A.dtype == torch.float64 else torch.float32
+        self.residual_factors = (residual_B.detach().to("cpu", dtype), residual_A.detach().to("cpu", dtype))
+        apply_residual(self.base_layer.weight, *self.residual_factors)
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters train in fp32 (fp64 beside an fp64 base, for reference tests), whatever the base dtype."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def apply_residual(weight: torch.Tensor, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:
+    """weight <- weight - residual_B @ residual_A, computed in the factors' precision on the weight's device."""
+    if weight.device.type == "meta":
+        return
+    with torch.no_grad():
+        delta = residual_B.to(weight.device) @ residual_A.to(weight.device)
+        weight.copy_((weight.to(delta.dtype) - delta).to(weight.dtype))
+
+
+def moe_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module that routes tokens (it owns a MoERouting)."""
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "routing", None), MoERouting):
+            yield name, module
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+    """lambda * sum over layers of the last forward's balance loss (spec §4); None for models without MoE."""
+    total = None
+    for _, layer in moe_layers(model):
+        loss = layer.routing.last_balance_loss
+        if loss is None or layer.routing.balance_coef == 0:
+            continue
+        term = layer.routing.balance_coef * loss
+        total = term if total is None else total + term.to(total.device)
+    return total
+
+
+def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per-layer fraction of routed tokens per expert from the last forward, (E,) each, detached."""
+    return {
+        name: layer.routing.last_expert_load
+        for name, layer in moe_layers(model)
+        if layer.routing.last_expert_load is not None
+    }
+
+
+@contextmanager
+def token_mask(model: nn.Module, mask: torch.Tensor | None):
+    """Sets the padding mask (B, L) that the model's MoE layers use for the forward passes inside."""
+    contexts = {id(layer.routing.context): layer.routing.context for _, layer in moe_layers(model)}
+    previous = {key: ctx.token_mask for key, ctx in contexts.items()}
+    for ctx in contexts.values():
+        ctx.token_mask = mask
+    try:
+        yield
+    finally:
+        for key, ctx in contexts.items():
+            ctx.token_mask = previous[key]

@@ -1,0 +1,99 @@
+"""The methods of the paper by name, and `apply_adapter`, the one call that adapts a model."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from goat.adapters.config import AdapterConfig, validate_choices, validate_moe
+from goat.adapters.full_moe import build_full_ft, build_full_moe
+from goat.adapters.lora_moe import build_adamole, build_goat, build_hydralora, build_molora
+from goat.adapters.peft_lora import build_peft_lora
+from goat.adapters.surgery import count_parameters, find_heads, find_targets, freeze_except
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    build: Callable  # (model, cfg, targets, initialize) -> model, or (model, cfg, targets, heads) for PEFT
+    backend: str  # "goat": goat's own layers and checkpoint format; "peft": PEFT's
+    moe: bool = False  # routes tokens: validate (r, E, top_k) and add the balance loss
+    defaults: dict = field(default_factory=dict)  # preset values over AdapterConfig's defaults
+
+
+def _peft(variant: str) -> Callable:
+    return functools.partial(build_peft_lora, variant=variant)
+
+
+# Presets: spec §7. The MoE baselines use the standard LoRA scaling alpha / r ("w/o MS", spec §3:
+# MoLoRA's Table 1 score equals Table 5's "no SVD, w/o MS"); HydraLoRA routes densely over its heads
+# as in its paper (top_k = num_experts); AdaMoLE's gate chooses how many experts are active, so its
+# dropout is one mask per token.
+METHODS: dict[str, Method] = {
+    "goat": Method(build_goat, "goat", moe=True),
+    "molora": Method(build_molora, "goat", moe=True, defaults={"scaling": "lora"}),
+    "adamole": Method(build_adamole, "goat", moe=True, defaults={"scaling": "lora", "dropout_mode": "shared"}),
+    "hydralora": Method(build_hydralora, "goat", moe=True, defaults={"scaling": "lora", "top_k": 8}),
+    "full_ft_moe": Method(build_full_moe, "goat", moe=True),
+    "full_ft": Method(build_full_ft, "goat"),
+    "lora": Method(_peft("lora"), "peft"),
+    "rslora": Method(_peft("rslora"), "peft"),
+    "dora": Method(_peft("dora"), "peft"),
+    "pissa": Method(_peft("pissa"), "peft"),
+    "milora": Method(_peft("milora"), "peft"),
+}
+
+
+def method_config(method: str, **overrides) -> AdapterConfig:
+    """The preset of `method` (AdapterConfig defaults + the method's defaults) with `overrides` on top."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    return AdapterConfig.from_dict({**METHODS[method].defaults, **overrides, "method": method})
+
+
+def validate(cfg: AdapterConfig) -> None:
+    """Everything that can be checked without a model."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    validate_choices(cfg)
+    if METHODS[cfg.method].moe:
+        validate_moe(cfg)
+
+
+def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True) -> nn.Module:
+    """Adapts `model` in place with `cfg.method` and returns the model to train (a PeftModel for PEFT methods).
+
+    Targets: every nn.Linear outside the task head and lm_head, or those matching cfg.target_modules.
+    The head (cfg.modules_to_save, or children named classifier/score/head) trains fully; everything
+    else is frozen, except for full_ft and full_ft_moe, which train every parameter.
+    """
+    validate(cfg)
+    method = METHODS[cfg.method]
+    heads = find_heads(model, cfg.modules_to_save)
+    targets = find_targets(model, cfg.target_modules, heads)
+    if method.backend == "peft":
+        adapted = method.build(model, cfg, targets, heads)
+    else:
+        freeze_except(model, heads)
+        adapted = method.build(model, cfg, targets, initialize=initialize)
+    adapted.goat_adapter = AdapterInfo(cfg, targets, heads)
+    trainable, total = count_parameters(adapted)
+    logger.info(
+        "%s: %d target layers, %d trainable of %d parameters (%.2f%%)",
+        cfg.method, len(targets), trainable, total, 100.0 * trainable / max(total, 1),
+    )
+    return adapted
+
+
+@dataclass
+class AdapterInfo:
+    """What apply_adapter did, kept on the adapted model for saving and logging."""
+
+    config: AdapterConfig
+    targets: list[str]
+    heads: list[str]

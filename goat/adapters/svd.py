@@ -1,0 +1,140 @@
+"""Selected singular triplets of many weight matrices: batched by shape, on the GPU when present, cached.
+
+GOAT, PiSSA and MiLoRA need, per targeted layer, a few singular triplets (U[:, I], sigma[I], V[:, I]) of
+its weight W = U diag(sigma) V^T. The decomposition runs in float32 (float64 for float64 weights), on
+CUDA when available, over stacks of equal-shape matrices, and only the selected columns are kept and
+written to an on-disk cache keyed by model identity, layer name, shape, a fingerprint of the weight and
+the selected indices, so that a second run of the same model skips the decomposition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+# Matrices decomposed together; bounds the stacked fp32 copy (32 x 4096 x 4096 x 4 B = 2 GiB).
+CHUNK_ELEMENTS = 32 * 4096 * 4096
+FINGERPRINT_SAMPLES = 4096
+
+
+@dataclass
+class Triplets:
+    U: torch.Tensor  # (m, len(I))
+    S: torch.Tensor  # (len(I),)
+    V: torch.Tensor  # (n, len(I))
+
+
+@dataclass
+class SVDReport:
+    triplets: dict[str, Triplets] = field(default_factory=dict)
+    seconds: float = 0.0
+    decomposed: int = 0
+    from_cache: int = 0
+
+
+def compute_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cache_key(model_id: str, name: str, weight: torch.Tensor, index: torch.Tensor) -> str:
+    """sha256 of model identity, layer name, shape, dtype, a strided sample of the weight and the indices."""
+    flat = weight.detach().reshape(-1)
+    step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+    sample = flat[::step][:FINGERPRINT_SAMPLES].float().cpu()
+    digest = hashlib.sha256()
+    for part in (model_id, name, str(tuple(weight.shape)), str(weight.dtype)):
+        digest.update(part.encode() + b"\0")
+    digest.update(sample.numpy().tobytes())
+    digest.update(index.cpu().numpy().tobytes())
+    return digest.hexdigest()[:40]
+
+
+def _decompose(stack: torch.Tensor):
+    """Thin SVD of a (B, m, n) stack: U (B, m, h), S (B, h) descending, V (B, n, h)."""
+    U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
+    return U, S, Vh.mT
+
+
+def selected_triplets(
+    weights: dict[str, torch.Tensor],
+    indices: dict[str, torch.Tensor],
+    model_id: str,
+    cache_dir: str | Path | None,
+    device: torch.device | None = None,
+) -> SVDReport:
+    """Triplets at `indices[name]` (a LongTensor into the descending spectrum) for each weight (out, in).
+
+    Results are on the CPU, float32 (float64 when the weight is float64).
+    """
+    start = time.perf_counter()
+    device = device or compute_device()
+    cache = Path(cache_dir).expanduser() if cache_dir else None
+    report = SVDReport()
+    pending: dict[tuple, list[str]] = defaultdict(list)
+    keys = {}
+    for name, weight in weights.items():
+        keys[name] = cache_key(model_id, name, weight, indices[name])
+        cached = _read_cache(cache, keys[name])
+        if cached is not None:
+            report.triplets[name] = cached
+            report.from_cache += 1
+        else:
+            pending[(tuple(weight.shape), weight.dtype == torch.float64)].append(name)
+    for (shape, is_double), names in pending.items():
+        work_dtype = torch.float64 if is_double else torch.float32
+        per_chunk = max(1, CHUNK_ELEMENTS // (shape[0] * shape[1]))
+        for begin in range(0, len(names), per_chunk):
+            chunk = names[begin : begin + per_chunk]
+            stack = torch.stack([weights[n].detach().to(device, work_dtype) for n in chunk])
+            U, S, V = _decompose(stack)
+            for i, name in enumerate(chunk):
+                idx = indices[name].to(device)
+                found = Triplets(U[i][:, idx].cpu(), S[i][idx].cpu(), V[i][:, idx].cpu())
+                report.triplets[name] = found
+                _write_cache(cache, keys[name], found)
+            report.decomposed += len(chunk)
+            del stack, U, S, V
+    report.seconds = time.perf_counter() - start
+    if weights:
+        logger.info(
+            "SVD init: %d matrices decomposed on %s, %d from cache, %.2f s",
+            report.decomposed,
+            device,
+            report.from_cache,
+            report.seconds,
+        )
+    return report
+
+
+def _read_cache(cache: Path | None, key: str) -> Triplets | None:
+    if cache is None:
+        return None
+    path = cache / f"{key}.safetensors"
+    if not path.exists():
+        return None
+    try:
+        tensors = load_file(str(path))
+        return Triplets(tensors["U"], tensors["S"], tensors["V"])
+    except (OSError, KeyError, RuntimeError, ValueError) as error:  # a corrupt entry is recomputed
+        logger.warning("ignoring unreadable SVD cache entry %s (%s)", path, error)
+        return None
+
+
+def _write_cache(cache: Path | None, key: str, found: Triplets) -> None:
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / f"{key}.safetensors"
+    temporary = final.with_suffix(".tmp")
+    tensors = {"U": found.U.contiguous(), "S": found.S.contiguous(), "V": found.V.contiguous()}
+    save_file(tensors, str(temporary))
+    temporary.replace(final)  # atomic: a reader never sees a half-written entry
