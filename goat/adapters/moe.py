@@ -32,6 +32,10 @@ class RoutingContext:
     token_mask: torch.Tensor | None = None
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class Gate(nn.Module):
     """Turns router probabilities (T, E) into combine weights, a dispatch mask and balance probabilities."""
 
@@ -63,7 +67,7 @@ class ThresholdGate(Gate):
         self.lora_threshold = nn.Linear(in_features, 1, bias=True, dtype=dtype, device=device)
 
     def forward(self, probs, x):
-        tau = torch.sigmoid(self.lora_threshold(x).float()) / self.num_experts  # (T, 1)
+        tau = torch.sigmoid(at_least_fp32(self.lora_threshold(x))) / self.num_experts  # (T, 1)
         above = (probs - tau).clamp_min(0.0)  # (T, E)
         total = above.sum(dim=-1, keepdim=True)
         gates = above / total.clamp_min(torch.finfo(above.dtype).tiny)  # all-zero rows stay zero
@@ -109,7 +113,7 @@ class MoERouting(nn.Module):
 
     def forward(self, x2d: torch.Tensor, leading_shape: torch.Size):
         """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), top-k index (T, k) or None."""
-        probs = self.lora_router(x2d).float().softmax(dim=-1)  # (T, E), fp32 as in the reference
+        probs = at_least_fp32(self.lora_router(x2d)).softmax(dim=-1)  # (T, E), fp32 as in the reference
         gates, dispatch, balance_probs, index = self.gate(probs, x2d)
         weight = self._token_weight(leading_shape, probs)
         self.last_balance_loss = balance_loss(balance_probs, dispatch, weight, self.balance_convention)

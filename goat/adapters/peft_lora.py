@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
 from goat.adapters.config import AdapterConfig
@@ -96,6 +97,16 @@ def save_peft(peft_model, directory: Path) -> None:
             peft_model.save_pretrained(str(directory), path_initial_model_for_weight_conversion=str(initial_dir))
         finally:
             config.init_lora_weights = init_setting
+    _restore_head(peft_model, directory)
+
+
+def _restore_head(peft_model, directory: Path) -> None:
+    """PEFT's conversion keeps only lora_ tensors; put the fully trained head (modules_to_save) back."""
+    path = directory / "adapter_model.safetensors"
+    converted = load_file(str(path))
+    head = {k: v for k, v in get_peft_model_state_dict(peft_model).items() if "lora_" not in k and k not in converted}
+    if head:
+        save_file({**converted, **{k: v.detach().cpu().contiguous() for k, v in head.items()}}, str(path))
 
 
 def load_peft(base_model, directory: Path):

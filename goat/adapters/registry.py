@@ -73,6 +73,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
     else is frozen, except for full_ft and full_ft_moe, which train every parameter.
     """
     validate(cfg)
+    was_training = model.training
     method = METHODS[cfg.method]
     heads = find_heads(model, cfg.modules_to_save)
     targets = find_targets(model, cfg.target_modules, heads)
@@ -81,6 +82,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
     else:
         freeze_except(model, heads)
         adapted = method.build(model, cfg, targets, initialize=initialize)
+    adapted.train(was_training)  # new modules start in the model's mode (eval: no adapter dropout)
     adapted.goat_adapter = AdapterInfo(cfg, targets, heads)
     trainable, total = count_parameters(adapted)
     logger.info(

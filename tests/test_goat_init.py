@@ -1,0 +1,136 @@
+"""GOAT initialisation (spec §2-§3): segments, factors, residual, scaling rules, SVD cache."""
+
+import math
+
+import pytest
+import torch
+from conftest import holder
+
+from goat.adapters import apply_adapter, method_config
+from goat.adapters.svd import selected_triplets
+
+
+def expert_products(layer):
+    """s_i B_i A_i for every expert, (E, m, n), from the layer's own parameters."""
+    E, d = layer.num_experts, layer.expert_rank
+    A = layer.lora_A.detach().view(E, d, -1)
+    B = layer.lora_B.detach().view(-1, E, d).permute(1, 0, 2)
+    return layer.scaling.double()[:, None, None] * (B @ A)
+
+
+def svd64(weight):
+    U, S, Vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    return U, S, Vh.T
+
+
+def expected_starts(segments, h, E, d):
+    t = h // E
+    return {
+        "ours": [i * t for i in range(E)],
+        "principal": [i * d for i in range(E)],
+        "minor": [h - (i + 1) * d for i in range(E)],
+    }[segments]
+
+
+@pytest.mark.parametrize("out_features,in_features", [(40, 24), (24, 40)])
+@pytest.mark.parametrize("segments", ["ours", "principal", "minor"])
+def test_goat_init_takes_the_specified_triplets_and_preserves_expected_weight(out_features, in_features, segments):
+    model = holder(in_features, out_features)
+    W0 = model.proj.weight.detach().clone()
+    cfg = method_config("goat", r=8, num_experts=4, lora_alpha=16, segments=segments, svd_cache_dir=None)
+    apply_adapter(model, cfg)
+    layer = model.proj
+    U, S, V = svd64(W0)
+    h, E, d = min(W0.shape), 4, 2
+    products = expert_products(layer)
+    for i, start in enumerate(expected_starts(segments, h, E, d)):
+        idx = torch.arange(start, start + d)
+        segment = (U[:, idx] * S[idx]) @ V[:, idx].T
+        # s_i B_i A_i = U_I S_I V_I^T / rho   (spec §2.3)
+        torch.testing.assert_close(products[i], segment / cfg.rho, rtol=1e-9, atol=1e-12)
+    # E[w_i] = 1/E: base + (1/E) sum_i s_i B_i A_i = W0   (spec §2.4, Thm 3.4)
+    expected = layer.base_layer.weight.detach() + products.sum(0) / E
+    assert (expected - W0).norm() / W0.norm() < 1e-6
+    assert torch.equal(layer.scaling, torch.full((E,), 16 / d, dtype=torch.float32))  # alpha / d
+
+
+def test_random_segments_are_distinct_multiples_of_d_and_seeded():
+    def starts(seed):
+        model = holder(64, 48)
+        U, S, V = svd64(model.proj.weight)
+        cfg = method_config("goat", r=8, num_experts=4, segments="random", seed=seed, svd_cache_dir=None)
+        apply_adapter(model, cfg)
+        found = []
+        for product in expert_products(model.proj):
+            # the segment whose rank-d reconstruction matches this expert
+            scores = [
+                ((U[:, s : s + 2] * S[s : s + 2]) @ V[:, s : s + 2].T / cfg.rho - product).norm() for s in range(0, 48, 2)
+            ]
+            found.append(2 * int(torch.stack(scores).argmin()))
+        return found
+
+    first = starts(seed=3)
+    assert len(set(first)) == 4 and all(s % 2 == 0 for s in first)
+    assert starts(seed=3) == first
+
+
+def test_goat_s_scales_each_expert_by_root_of_segment_singular_values():
+    model = holder(32, 32)
+    W0 = model.proj.weight.detach().clone()
+    cfg = method_config("goat", r=8, num_experts=4, per_expert_scaling=True, svd_cache_dir=None)
+    apply_adapter(model, cfg)
+    _, S, _ = svd64(W0)
+    sums = torch.stack([S[i * 8 : i * 8 + 2].sum() for i in range(4)])
+    expected = (16 / 2) * torch.sqrt(sums[0] / sums)
+    torch.testing.assert_close(model.proj.scaling.double(), expected, rtol=1e-6, atol=0)
+    # each expert still equals its segment / rho, so the expected weight is still W0
+    layer = model.proj
+    restored = layer.base_layer.weight.detach() + expert_products(layer).sum(0) / 4
+    assert (restored - W0).norm() / W0.norm() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "rule,expected",
+    [
+        ("reference", 16 / 1),  # alpha / d: the official scripts (16 everywhere)
+        ("theory", math.sqrt(3 * 1.0 * 768 / 1)),  # sqrt(3 eta n / d): 48 for ViT-B/32 (spec §3)
+        ("lora", 16 / 8),
+        ("rs", 16 / math.sqrt(1)),
+    ],
+)
+def test_scaling_rules_match_spec(rule, expected):
+    cfg = method_config("goat", r=8, lora_alpha=16, scaling=rule)
+    assert cfg.scaling_value(768) == pytest.approx(expected)
+    if rule == "theory":
+        assert cfg.scaling_value(768) == pytest.approx(48.0)
+
+
+def test_residual_uses_init_coef_and_rho():
+    model = holder(24, 24)
+    W0 = model.proj.weight.detach().clone()
+    apply_adapter(model, method_config("goat", r=8, num_experts=4, init_coef=1.0, rho=2.0, svd_cache_dir=None))
+    products = expert_products(model.proj)
+    # base = W0 - init_coef * sum_i s_i B_i A_i
+    torch.testing.assert_close(model.proj.base_layer.weight.detach(), W0 - products.sum(0), rtol=0, atol=1e-12)
+    _, S, _ = svd64(W0)
+    assert products[0].norm().item() == pytest.approx((S[0:2] / 2.0).norm().item(), rel=1e-9)
+
+
+def test_svd_cache_skips_decomposition_and_gives_identical_triplets(tmp_path):
+    torch.manual_seed(0)
+    weights = {f"layer{i}": torch.randn(32, 16) for i in range(3)}
+    indices = {name: torch.tensor([0, 5, 9]) for name in weights}
+    cold = selected_triplets(weights, indices, "tiny", tmp_path)
+    warm = selected_triplets(weights, indices, "tiny", tmp_path)
+    assert (cold.decomposed, cold.from_cache) == (3, 0)
+    assert (warm.decomposed, warm.from_cache) == (0, 3)
+    for name in weights:
+        assert torch.equal(cold.triplets[name].U, warm.triplets[name].U)
+        torch.testing.assert_close(cold.triplets[name].S, torch.linalg.svdvals(weights[name])[[0, 5, 9]])
+    changed = {**weights, "layer0": weights["layer0"] + 1.0}  # new weights: the fingerprint misses
+    assert selected_triplets(changed, indices, "tiny", tmp_path).decomposed == 1
+
+
+def test_rank_above_layer_dimension_is_rejected():
+    with pytest.raises(ValueError, match="exceeds min"):
+        apply_adapter(holder(4, 16), method_config("goat", r=8, svd_cache_dir=None))
