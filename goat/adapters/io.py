@@ -66,6 +66,13 @@ def load_adapter(base_model: nn.Module, directory: str | os.PathLike) -> nn.Modu
         return load_peft(base_model, directory)
     if saved.get("format") != "goat":
         raise ValueError(f"{config_path} is neither a goat nor a PEFT adapter config")
+    modules = dict(base_model.named_modules())
+    absent = [name for name in saved["targets"] + saved["heads"] if name not in modules]
+    if absent:
+        raise ValueError(
+            f"adapter in {directory} was saved for another model: {len(absent)} of its layers, e.g. {absent[:2]}, "
+            "are not in this model; load it onto the base model it was trained from"
+        )
     cfg = AdapterConfig.from_dict(saved["adapter"]).replace(target_modules=saved["targets"], modules_to_save=saved["heads"])
     model = apply_adapter(base_model, cfg, initialize=False)
     tensors = load_file(str(directory / WEIGHTS_NAME))

@@ -16,15 +16,7 @@ from goat.adapters.config import AdapterConfig
 from goat.adapters.goat import init_goat_layer, segment_indices
 from goat.adapters.moe import MoELoRALinear, RoutingContext, ThresholdGate, TopKGate, adapter_dtype
 from goat.adapters.surgery import install_mask_hook, replace_module
-from goat.adapters.svd import selected_triplets
-
-
-def model_identity(model: nn.Module, cfg: AdapterConfig) -> str:
-    """What identifies the pretrained weights in the SVD cache key (the weight fingerprint guards the rest)."""
-    if cfg.model_id:
-        return cfg.model_id
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    return name or type(model).__name__
+from goat.adapters.svd import model_identity, selected_triplets
 
 
 def check_rank_fits(model: nn.Module, targets: list[str], rank: int) -> None:
@@ -74,7 +66,7 @@ def build_goat(model, cfg: AdapterConfig, targets, initialize: bool = True):
         weights[name] = layer.base_layer.weight
         h = min(layer.in_features, layer.out_features)
         indices[name] = segment_indices(h, cfg.num_experts, cfg.expert_rank, cfg.segments, generator)
-    report = selected_triplets(weights, indices, model_identity(model, cfg), cfg.svd_cache_dir)
+    report = selected_triplets(weights, indices, model_identity(model, cfg.model_id), cfg.svd_cache_dir)
     for name, layer in layers.items():
         init_goat_layer(layer, report.triplets[name], cfg)
     model.goat_svd_report = report

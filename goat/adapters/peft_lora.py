@@ -19,7 +19,7 @@ from peft.tuners.lora import LoraLayer
 
 from goat.adapters.config import AdapterConfig
 from goat.adapters.moe import apply_residual
-from goat.adapters.svd import selected_triplets
+from goat.adapters.svd import model_identity, selected_triplets
 
 INITIAL_ADAPTER = "initial"
 
@@ -60,7 +60,7 @@ def _svd_init(peft_model, cfg: AdapterConfig, principal: bool) -> None:
     for name, weight in weights.items():
         h = min(weight.shape)
         indices[name] = torch.arange(cfg.r) if principal else torch.arange(h - cfg.r, h)
-    model_id = cfg.model_id or getattr(peft_model.base_model.model.config, "_name_or_path", "") or "model"
+    model_id = model_identity(peft_model.base_model.model, cfg.model_id)
     report = selected_triplets(weights, indices, model_id, cfg.svd_cache_dir)
     shrink = cfg.rho if cfg.svd_shrink else 1.0
     coef = 1.0 if cfg.init_coef is None else cfg.init_coef

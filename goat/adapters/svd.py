@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ class SVDReport:
     seconds: float = 0.0
     decomposed: int = 0
     from_cache: int = 0
+
+
+def model_identity(model: nn.Module, configured: str | None) -> str:
+    """What identifies the pretrained weights in the SVD cache key (the weight fingerprint guards the rest)."""
+    if configured:
+        return configured
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return name or type(model).__name__
 
 
 def compute_device() -> torch.device:
