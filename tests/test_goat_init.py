@@ -64,7 +64,8 @@ def test_random_segments_are_distinct_multiples_of_d_and_seeded():
         for product in expert_products(model.proj):
             # the segment whose rank-d reconstruction matches this expert
             scores = [
-                ((U[:, s : s + 2] * S[s : s + 2]) @ V[:, s : s + 2].T / cfg.rho - product).norm() for s in range(0, 48, 2)
+                ((U[:, s : s + 2] * S[s : s + 2]) @ V[:, s : s + 2].T / cfg.rho - product).norm()
+                for s in range(0, 48, 2)
             ]
             found.append(2 * int(torch.stack(scores).argmin()))
         return found

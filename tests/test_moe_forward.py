@@ -60,7 +60,7 @@ def compare_with_loop(layer, x, dropout_masks=None, seed=0):
     (ref * upstream).sum().backward()
     if fast_out is not None:
         torch.testing.assert_close(fast_out, ref.detach(), rtol=1e-12, atol=1e-12)
-    for got, want in zip(fast, grads(layer, x)):
+    for got, want in zip(fast, grads(layer, x), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -127,7 +127,7 @@ def test_single_expert_top1_equals_peft_lora_output_and_gradients():
         out = model(xi)
         (out * upstream).sum().backward()
         results.append((out.detach(), A.grad.clone(), B.grad.clone(), xi.grad.clone()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -186,6 +186,7 @@ def test_forward_and_backward_have_no_host_sync():
     layer = goat_layer(8, 2, 8, dropout=0.05).cuda()
     layer.train()
     x = torch.randn(4, 20, dtype=torch.float64)
+    layer(x.cuda()).sum().backward()  # the first call initialises CUDA libraries, which may sync once
     torch.cuda.set_sync_debug_mode("error")
     try:
         layer(x.cuda()).sum().backward()

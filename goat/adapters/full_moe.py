@@ -56,9 +56,8 @@ def build_full_moe(model, cfg: AdapterConfig, targets, initialize: bool = True):
     context = RoutingContext()
     for name in targets:
         base = model.get_submodule(name)
-        replace_module(
-            model, name, FullMoELinear(base, cfg.num_experts, cfg.top_k, cfg.balance_coef, cfg.balance_convention, context)
-        )
+        layer = FullMoELinear(base, cfg.num_experts, cfg.top_k, cfg.balance_coef, cfg.balance_convention, context)
+        replace_module(model, name, layer)
     install_mask_hook(model, context)
     for param in model.parameters():
         param.requires_grad = True

@@ -73,7 +73,8 @@ def load_adapter(base_model: nn.Module, directory: str | os.PathLike) -> nn.Modu
             f"adapter in {directory} was saved for another model: {len(absent)} of its layers, e.g. {absent[:2]}, "
             "are not in this model; load it onto the base model it was trained from"
         )
-    cfg = AdapterConfig.from_dict(saved["adapter"]).replace(target_modules=saved["targets"], modules_to_save=saved["heads"])
+    cfg = AdapterConfig.from_dict(saved["adapter"])
+    cfg = cfg.replace(target_modules=saved["targets"], modules_to_save=saved["heads"])
     model = apply_adapter(base_model, cfg, initialize=False)
     tensors = load_file(str(directory / WEIGHTS_NAME))
     _load_tensors(model, tensors)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -172,7 +173,9 @@ class MoELoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         leading = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features).to(self.lora_A.dtype)  # (T, n)
+        x2d = x.reshape(-1, self.in_features)  # (T, n)
+        if not torch.is_autocast_enabled(x.device.type):
+            x2d = x2d.to(self.lora_A.dtype)  # under autocast the products run in its dtype anyway: no copy
         gates, dispatch, index = self.routing(x2d, leading)
         coef = (gates * self.scaling).to(x2d.dtype)  # (T, E): w_j * s_j, zero for unrouted experts
         rank_act = self._rank_activations(x2d, index)  # (T, E*d)
@@ -183,19 +186,16 @@ class MoELoRALinear(nn.Module):
 
     def _rank_activations(self, x2d: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """A_j dropout_j(x) for every expert j: (T, E*d). Unrouted experts are zeroed later by their gate."""
-        dropping = self.training and self.dropout > 0
-        if not dropping or self.dropout_mode == "shared":
-            x_in = F.dropout(x2d, self.dropout, training=True) if dropping else x2d
-            act = x_in @ self.lora_A.t()
-            return act.repeat(1, self.num_experts) if self.shared_A else act
-        # Independent mask per (token, selected expert): one dropout draw per top-k slot.
-        act = None
-        for slot in range(index.shape[1]):  # k slots (2), not E experts
-            chosen = F.one_hot(index[:, slot], self.num_experts).to(x2d.dtype)  # (T, E)
-            chosen = chosen.repeat_interleave(self.expert_rank, dim=1)  # (T, E*d)
-            slot_act = (F.dropout(x2d, self.dropout, training=True) @ self.lora_A.t()) * chosen
-            act = slot_act if act is None else act + slot_act
-        return act
+        if self.training and self.dropout > 0:
+            slots = index if self.dropout_mode == "per_expert" else None
+            # The dropout masks are redrawn from the saved RNG state in backward instead of being stored:
+            # k dropped (T, n) copies would otherwise stay alive until backward.
+            act = checkpoint(
+                dropped_activations, x2d, self.lora_A, slots, self.dropout, self.num_experts, use_reentrant=False
+            )
+        else:
+            act = x2d @ self.lora_A.t()
+        return act.repeat(1, self.num_experts) if self.shared_A else act
 
     # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
     def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:
@@ -203,6 +203,26 @@ class MoELoRALinear(nn.Module):
         dtype = torch.float64 if residual_A.dtype == torch.float64 else torch.float32
         self.residual_factors = (residual_B.detach().to("cpu", dtype), residual_A.detach().to("cpu", dtype))
         apply_residual(self.base_layer.weight, *self.residual_factors)
+
+
+def dropped_activations(x2d, A, slots, p: float, num_experts: int) -> torch.Tensor:
+    """dropout(x) A^T with one mask per token (slots None), or one independent mask per top-k slot (T, k).
+
+    Per slot s, the rows of A that belong to the expert chosen in that slot are kept: the result is
+    (T, rank) where each routed expert saw its own dropout draw of x (spec §1 step 4).
+    """
+    if slots is None:
+        return F.dropout(x2d, p, training=True) @ A.t()
+    expert_rank = A.shape[0] // num_experts
+    act = None
+    for slot in range(slots.shape[1]):  # k slots (2), not E experts
+        # one-hot of the slot's expert, spread over its d rank columns: (T, E*d). scatter, not F.one_hot:
+        # one_hot checks its indices on the host, a device sync.
+        chosen = x2d.new_zeros(x2d.shape[0], num_experts).scatter_(1, slots[:, slot : slot + 1], 1.0)
+        chosen = chosen.repeat_interleave(expert_rank, dim=1)
+        slot_act = (F.dropout(x2d, p, training=True) @ A.t()) * chosen  # (T, E*d)
+        act = slot_act if act is None else act + slot_act
+    return act
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:

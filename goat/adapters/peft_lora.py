@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
 
 from goat.adapters.config import AdapterConfig
 from goat.adapters.moe import apply_residual
@@ -25,7 +25,8 @@ INITIAL_ADAPTER = "initial"
 
 
 def build_peft_lora(model, cfg: AdapterConfig, targets, heads, variant: str):
-    uses_peft_pissa = variant == "pissa" and not cfg.svd_shrink
+    on_meta = any(p.device.type == "meta" for p in model.parameters())  # shapes only: no SVD to run
+    uses_peft_pissa = variant == "pissa" and not cfg.svd_shrink and not on_meta
     peft_config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.lora_alpha,

@@ -1,8 +1,8 @@
 """Selected singular triplets of many weight matrices: batched by shape, on the GPU when present, cached.
 
 GOAT, PiSSA and MiLoRA need, per targeted layer, a few singular triplets (U[:, I], sigma[I], V[:, I]) of
-its weight W = U diag(sigma) V^T. The decomposition runs in float32 (float64 for float64 weights), on
-CUDA when available, over stacks of equal-shape matrices, and only the selected columns are kept and
+its weight W = U diag(sigma) V^T. The decomposition runs in float64 through the Gram matrix (see
+_decompose), on CUDA when available, over stacks of equal-shape matrices, and only the selected columns are kept and
 written to an on-disk cache keyed by model identity, layer name, shape, a fingerprint of the weight and
 the selected indices, so that a second run of the same model skips the decomposition.
 """
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Matrices decomposed together; bounds the stacked fp32 copy (32 x 4096 x 4096 x 4 B = 2 GiB).
-CHUNK_ELEMENTS = 32 * 4096 * 4096
+# Matrices decomposed together; bounds the float64 working set (8 x 4096 x 4096 x 8 B = 1 GiB per copy).
+CHUNK_ELEMENTS = 8 * 4096 * 4096
 FINGERPRINT_SAMPLES = 4096
 
 
@@ -67,10 +67,24 @@ def cache_key(model_id: str, name: str, weight: torch.Tensor, index: torch.Tenso
     return digest.hexdigest()[:40]
 
 
-def _decompose(stack: torch.Tensor):
-    """Thin SVD of a (B, m, n) stack: U (B, m, h), S (B, h) descending, V (B, n, h)."""
-    U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
-    return U, S, Vh.mT
+def _decompose(stack: torch.Tensor, index: torch.Tensor):
+    """Selected triplets of a (B, m, n) stack through the Gram matrix, in float64.
+
+    For m >= n: W^T W = V diag(sigma^2) V^T (eigh), u_i = W v_i / sigma_i; for m < n the same on W W^T.
+    On an H100 this is 8x faster than torch.linalg.svd in float32 (0.13 s vs 1.1 s for 4096 x 4096) and
+    more accurate (sigma relative error 4e-9 in the bottom of the spectrum vs 1e-3; docs/benchmarks.md),
+    because the eigensolver runs in float64 on a matrix of the smaller side.
+    Returns U (B, m, k), S (B, k), V (B, n, k) for the k indices of the descending spectrum.
+    """
+    wide = stack.shape[-2] < stack.shape[-1]
+    W = (stack.mT if wide else stack).double()  # (B, big, small)
+    eigenvalues, eigenvectors = torch.linalg.eigh(W.mT @ W)  # ascending
+    h = W.shape[-1]
+    position = h - 1 - index  # descending index -> ascending position
+    S = eigenvalues[:, position].clamp_min(0).sqrt()  # (B, k)
+    small_side = eigenvectors[:, :, position]  # (B, small, k)
+    big_side = (W @ small_side) / S.clamp_min(torch.finfo(torch.float64).tiny)[:, None, :]
+    return (small_side, S, big_side) if wide else (big_side, S, small_side)
 
 
 def selected_triplets(
@@ -88,7 +102,7 @@ def selected_triplets(
     device = device or compute_device()
     cache = Path(cache_dir).expanduser() if cache_dir else None
     report = SVDReport()
-    pending: dict[tuple, list[str]] = defaultdict(list)
+    pending: dict[tuple, list[str]] = defaultdict(list)  # (shape, float64?, indices) -> names
     keys = {}
     for name, weight in weights.items():
         keys[name] = cache_key(model_id, name, weight, indices[name])
@@ -97,21 +111,19 @@ def selected_triplets(
             report.triplets[name] = cached
             report.from_cache += 1
         else:
-            pending[(tuple(weight.shape), weight.dtype == torch.float64)].append(name)
-    for (shape, is_double), names in pending.items():
-        work_dtype = torch.float64 if is_double else torch.float32
+            group = (tuple(weight.shape), weight.dtype == torch.float64, tuple(indices[name].tolist()))
+            pending[group].append(name)
+    for (shape, is_double, index), names in pending.items():
+        result_dtype = torch.float64 if is_double else torch.float32
+        index = torch.tensor(index, device=device)
         per_chunk = max(1, CHUNK_ELEMENTS // (shape[0] * shape[1]))
         for begin in range(0, len(names), per_chunk):
             chunk = names[begin : begin + per_chunk]
-            stack = torch.stack([weights[n].detach().to(device, work_dtype) for n in chunk])
-            U, S, V = _decompose(stack)
+            U, S, V = _decompose(torch.stack([weights[n].detach().to(device) for n in chunk]), index)
             for i, name in enumerate(chunk):
-                idx = indices[name].to(device)
-                found = Triplets(U[i][:, idx].cpu(), S[i][idx].cpu(), V[i][:, idx].cpu())
-                report.triplets[name] = found
-                _write_cache(cache, keys[name], found)
+                report.triplets[name] = Triplets(*(t[i].to("cpu", result_dtype) for t in (U, S, V)))
+                _write_cache(cache, keys[name], report.triplets[name])
             report.decomposed += len(chunk)
-            del stack, U, S, V
     report.seconds = time.perf_counter() - start
     if weights:
         logger.info(
