@@ -78,8 +78,8 @@ class ThresholdGate(Gate):
 
 def balance_loss(
     balance_probs: torch.Tensor, dispatch: torch.Tensor, token_weight: torch.Tensor | None, convention: str
-) -> torch.Tensor:
-    """Load-balancing loss of one layer (spec §4), padding tokens excluded.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load-balancing loss of one layer (spec §4), padding tokens excluded; returns (loss, counts (E,)).
 
     reference (official code): L = E * sum_i (c_i / T) * P_i
     paper (Eq. 26-28):         L = sum_i (E * c_i / sum_j c_j) * P_i   (= reference / k for top-k)
@@ -92,10 +92,9 @@ def balance_loss(
     mean_prob = (token_weight[:, None] * balance_probs).sum(0) / real_tokens  # (E,)
     counts = (token_weight[:, None] * dispatch.detach()).sum(0)  # (E,)
     if convention == "reference":
-        fraction = counts / real_tokens
-        return num_experts * (fraction * mean_prob).sum()
+        return num_experts * (counts / real_tokens * mean_prob).sum(), counts
     fraction = num_experts * counts / counts.sum().clamp_min(1.0)
-    return (fraction * mean_prob).sum()
+    return (fraction * mean_prob).sum(), counts
 
 
 class MoERouting(nn.Module):
@@ -117,10 +116,8 @@ class MoERouting(nn.Module):
         probs = at_least_fp32(self.lora_router(x2d)).softmax(dim=-1)  # (T, E), fp32 as in the reference
         gates, dispatch, balance_probs, index = self.gate(probs, x2d)
         weight = self._token_weight(leading_shape, probs)
-        self.last_balance_loss = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
-        with torch.no_grad():
-            counts = dispatch.sum(0) if weight is None else (weight[:, None] * dispatch).sum(0)
-            self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1
+        self.last_balance_loss, counts = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
+        self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1; counts carry no grad
         return gates, dispatch, index
 
     def _token_weight(self, leading_shape, probs) -> torch.Tensor | None:
