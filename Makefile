@@ -1,10 +1,10 @@
 # goat: `make help` lists the targets.
 PYTHON ?= python
 
-.PHONY: help install test test-slow test-gpu lint bench
+.PHONY: help install test test-slow test-gpu lint bench reproduce-small
 
 help:  ## this list
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 install:  ## editable install with the test extras
 	$(PYTHON) -m pip install -e '.[test]'
@@ -23,3 +23,30 @@ lint:  ## ruff
 
 bench:  ## adapter speed/memory vs PEFT LoRA and SVD-init time; writes docs/benchmarks.md (needs a GPU)
 	$(PYTHON) benchmarks/adapter_speed.py --out docs
+
+# ----- reproduction: goat-grid runs a table's or figure's grid (a finished run is skipped, an interrupted one
+# resumes), then goat-report renders it next to the paper's numbers into $(REPORTS). Limit with
+# TASKS='vit/*' METHODS='goat,lora*' SEEDS=0,1,2; DRY_RUN=1 prints the grid; GPUS=2 runs through accelerate launch.
+RUNS ?= runs
+REPORTS ?= reports
+SEEDS ?= 0
+GPUS ?= 1
+DATA ?= ../shared/data
+GRID = $(PYTHON) -m goat.grid --runs $(RUNS) --seeds $(SEEDS) --gpus $(GPUS) --data $(DATA) \
+	$(if $(TASKS),--tasks '$(TASKS)') $(if $(METHODS),--methods '$(METHODS)') \
+	$(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(DRY_RUN),--dry-run)
+
+reproduce-table%:  ## a paper table, 1-8 (e.g. make reproduce-table4 METHODS=goat,lora SEEDS=0,1,2)
+	$(GRID) table$*
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table table$*)
+
+reproduce-fig%:  ## a paper figure, 4-7: its runs, then reports/figures/fig<N>.png
+	$(GRID) fig$*
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table fig$*)
+
+# On 2 CPU cores the default is 3 methods (about an hour); on a GPU pass METHODS='*' SEEDS=0,1,2.
+SMALL_METHODS ?= lora,molora,goat
+reproduce-small:  ## offline MiniLM on Rotten Tomatoes + GLUE slices (DATA=../shared/data): table, loss and load figures
+	$(PYTHON) -m goat.grid small --runs $(RUNS) --seeds $(SEEDS) --gpus $(GPUS) --data $(DATA) \
+		--methods '$(or $(METHODS),$(SMALL_METHODS))' $(if $(TASKS),--tasks '$(TASKS)') $(if $(DRY_RUN),--dry-run)
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small --table small_loss --table small_load)

@@ -152,11 +152,13 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """goat-report: finished runs beside the paper's numbers, as Markdown and CSV tables."""
+    """goat-report: finished runs beside the paper's numbers, as Markdown and CSV tables, and the figures as PNG."""
     parser = argparse.ArgumentParser(prog="goat-report", description=report_main.__doc__)
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="directory searched for results.json")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="where the tables are written")
-    parser.add_argument("--table", action="append", help="a table of data/paper_results.yaml (default: all)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the runs (goat-grid's --runs)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="where the tables and figures are written")
+    parser.add_argument(
+        "--table", action="append", help="a table or figure of data/paper_results.yaml (repeatable; default: all)"
+    )
     args = parser.parse_args(argv)
     from goat.report import report
 

@@ -117,7 +117,10 @@ class RunConfig:
     method: Any = field(default_factory=MethodConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    output_dir: str = "runs/${task.name}/${method.method}/seed${trainer.seed}"
+    # The row name of this run in goat-report's tables: the method, or a variant such as lora_r16 that the
+    # reproduction grid (data/paper_results.yaml) sets together with its overrides.
+    variant: str = "${method.method}"
+    output_dir: str = "runs/${task.name}/${variant}/seed${trainer.seed}"
     resume: str = "never"  # never | auto (newest checkpoint in output_dir) | a checkpoint directory
     overwrite: bool = False  # allow training into an output_dir that already holds a finished run
 

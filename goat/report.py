@@ -1,7 +1,9 @@
-"""goat-report: our finished runs beside the paper's numbers, one Markdown (and CSV) table per paper table.
+"""goat-report: our finished runs beside the paper's numbers, one Markdown and one CSV table per paper table,
+and the paper's figures as PNG.
 
-Runs are found by their results.json under a directory; several seeds of one (task, method) give mean ± std.
-A cell without a finished run stays blank: it is never shown as zero.
+A cell reads <runs>/<task>/<variant>/seed*/results.json (the layout of goat-grid and goat-train, see
+goat/tables.py). Several seeds give mean ± std; a cell without a finished run stays blank, never zero; an
+averaged column (Table 8) or the average column is blank unless every cell it averages has a run.
 """
 
 from __future__ import annotations
@@ -10,117 +12,194 @@ import csv
 import io
 import json
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.yaml"
+from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, runs_folder
 
 
-def paper_tables(path: Path = PAPER_RESULTS) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)  # one per finished seed (or the leaf means, averaged)
+    seeds: list[int] = field(default_factory=list)
+    paper: float | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.values) if self.values else None
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper is None else round(self.mean - self.paper, 2)
+
+    def ours(self) -> str:
+        if not self.values:
+            return ""
+        if len(self.values) == 1:
+            return f"{self.values[0]:.2f}"
+        return f"{self.mean:.2f} ± {statistics.stdev(self.values):.2f} (n={len(self.values)})"
 
 
-def collect(runs_dir: Path, metric: str) -> dict[tuple[str, str], list[float]]:
-    """(task, method) -> the metric of every finished run (one per seed) under runs_dir."""
-    found: dict[tuple[str, str], list[float]] = {}
-    for path in sorted(Path(runs_dir).rglob("results.json")):
+def finished_runs(folder: Path, task: str, variant: str) -> list[dict]:
+    """results.json of every finished seed of one (task, variant), in seed order."""
+    found = []
+    for path in sorted((Path(folder) / task / variant).glob(f"seed*/{RESULTS_FILE}")):
         results = json.loads(path.read_text())
-        if results.get("status") != "finished" or not results.get("final"):
-            continue
-        split = results["main_metric"].split("/")[0]
-        value = results["final"].get(f"{split}/{metric}")
+        if results.get("status") == "finished" and results.get("final"):
+            found.append(results)
+    return sorted(found, key=lambda r: r.get("seed", 0))
+
+
+def metric_value(results: dict, key: str | None, metric: str | None) -> float | None:
+    """A column's number from one results.json: a key of the final evaluation, or of results.json itself
+    (peak_memory_gb, epoch_hours); by default <main eval split>/<metric>."""
+    if key is None:
+        key = f"{results['main_metric'].split('/')[0]}/{metric or 'accuracy'}"
+    value = results["final"].get(key, results.get(key))
+    return None if value is None else float(value)
+
+
+def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -> Cell:
+    cell = Cell()
+    folder = runs_folder(spec, table_name, root)
+    metric = spec["tables"][table_name].get("metric")
+    for results in finished_runs(folder, column["task"], cell_variant(row, column)):
+        value = metric_value(results, column.get("key"), metric)
         if value is not None:
-            found.setdefault((results["task"], results["method"]), []).append(float(value))
-    return found
+            cell.values.append(value)
+            cell.seeds.append(results.get("seed", 0))
+    return cell
 
 
-def run_models(runs_dir: Path) -> list[str]:
-    """The models of the finished runs (a table of MiniLM stand-in runs must say so next to RoBERTa numbers)."""
-    models = set()
-    for path in Path(runs_dir).rglob("results.json"):
-        results = json.loads(path.read_text())
-        if results.get("status") == "finished":
-            note = results.get("model_note")
-            models.add(f"{results.get('model')}" + (f" ({note})" if note else ""))
-    return sorted(models)
-
-
-def _cell(values: list[float] | None) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
-
-
-def rows(table: dict, found: dict) -> list[dict]:
-    """One row per method: ours and the paper's per column, and the difference of the means."""
-    out = []
-    for method, paper in table["methods"].items():
-        row = {"method": method}
-        for task, reference in zip(table["columns"], paper, strict=True):
-            ours = found.get((task, method))
-            row[task] = {
-                "ours": _cell(ours),
-                "paper": reference,
-                "diff": round(statistics.mean(ours) - reference, 2) if ours and reference is not None else None,
-            }
-        out.append(row)
+def table_cells(spec: dict, root: Path, name: str) -> dict[str, list[Cell]]:
+    """row -> one Cell per column, with the paper's number attached."""
+    table = spec["tables"][name]
+    out = {}
+    for row, paper in table["rows"].items():
+        cells = []
+        for index, column in enumerate(table["columns"]):
+            leaves = [leaf_cell(spec, root, t, c, row) for t, c in leaf_columns(spec, name, column)]
+            if "mean_of" in column:
+                complete = all(leaf.values for leaf in leaves)
+                cell = Cell(values=[statistics.mean(leaf.mean for leaf in leaves)] if complete else [])
+                cell.seeds = sorted(set().union(*(leaf.seeds for leaf in leaves))) if complete else []
+            else:
+                cell = leaves[0]
+            cell.paper = paper[index] if paper else None
+            cells.append(cell)
+        out[row] = cells
     return out
 
 
-def markdown(name: str, table: dict, found: dict) -> str:
-    header = "| method | " + " | ".join(table["columns"]) + " |"
-    lines = [
-        f"## {table['title']}",
+def average_cell(table: dict, row: str, cells: list[Cell]) -> Cell:
+    """The row's average over the columns: ours only when every column has a run; the paper's given or computed."""
+    ours = [c.mean for c in cells]
+    cell = Cell(values=[statistics.mean(ours)] if ours and None not in ours else [])
+    paper = (table.get("paper_average") or {}).get(row)
+    papers = [c.paper for c in cells]
+    if paper is None and papers and None not in papers:
+        paper = round(statistics.mean(papers), 2)
+    cell.paper = paper
+    return cell
+
+
+def _with_average(table: dict, cells: dict[str, list[Cell]]) -> tuple[list[str], dict[str, list[Cell]]]:
+    names = [c["name"] for c in table["columns"]]
+    if table.get("average", True) and len(names) > 1:
+        return [*names, "Avg"], {
+            row: [*row_cells, average_cell(table, row, row_cells)] for row, row_cells in cells.items()
+        }
+    return names, cells
+
+
+def markdown(spec: dict, root: Path, name: str) -> str:
+    table = spec["tables"][name]
+    names, cells = _with_average(table, table_cells(spec, root, name))
+    lines = [f"## {table['title']}", ""]
+    if table.get("note"):
+        lines += [table["note"], ""]
+    lines += [
+        "Each cell: ours / paper (ours − paper); ours is mean ± std over seeds when several ran; — : no finished run.",
         "",
-        "ours / paper (difference); blank: no finished run",
-        "",
-        header,
-        "|---|" + "---|" * len(table["columns"]),
+        "| method | " + " | ".join(names) + " | seeds |",
+        "|---|" + "---|" * (len(names) + 1),
     ]
-    for row in rows(table, found):
-        cells = []
-        for task in table["columns"]:
-            cell = row[task]
-            ours = cell["ours"] or "—"
-            diff = f" ({cell['diff']:+.2f})" if cell["diff"] is not None else ""
-            paper = "" if cell["paper"] is None else f"{cell['paper']:.2f}"
-            cells.append(f"{ours} / {paper}{diff}")
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    not_run = set(table.get("not_run", []))
+    for row, row_cells in cells.items():
+        parts = []
+        for cell in row_cells:
+            paper = "" if cell.paper is None else f"{cell.paper:.2f}"
+            diff = "" if cell.diff is None else f" ({cell.diff:+.2f})"
+            parts.append(f"{cell.ours() or '—'} / {paper}{diff}")
+        seeds = sorted(set().union(*(c.seeds for c in row_cells)))
+        label = f"{row} (not run)" if row in not_run else row
+        lines.append(f"| {label} | " + " | ".join(parts) + f" | {','.join(map(str, seeds))} |")
+    models = run_models(spec, root, name)
+    if models:
+        lines += ["", "Models of our runs: " + "; ".join(models)]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(table: dict, found: dict) -> str:
+def csv_text(spec: dict, root: Path, name: str) -> str:
+    table = spec["tables"][name]
+    names, cells = _with_average(table, table_cells(spec, root, name))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "task", "ours", "paper", "diff"])
-    for row in rows(table, found):
-        for task in table["columns"]:
-            cell = row[task]
+    writer.writerow(["method", "column", "ours_mean", "ours_std", "n", "seeds", "paper", "diff"])
+    for row, row_cells in cells.items():
+        for column, cell in zip(names, row_cells, strict=True):
+            std = statistics.stdev(cell.values) if len(cell.values) > 1 else None
             writer.writerow(
-                [row["method"], task, cell["ours"], cell["paper"], "" if cell["diff"] is None else cell["diff"]]
+                [
+                    row,
+                    column,
+                    "" if cell.mean is None else round(cell.mean, 4),
+                    "" if std is None else round(std, 4),
+                    len(cell.values),
+                    " ".join(map(str, cell.seeds)),
+                    "" if cell.paper is None else cell.paper,
+                    "" if cell.diff is None else cell.diff,
+                ]
             )
     return buffer.getvalue()
 
 
-def report(runs_dir: Path, out_dir: Path, names: list[str] | None = None) -> list[Path]:
-    """Writes <out_dir>/<table>.md and .csv for each table (all by default); returns the files written."""
-    tables = paper_tables()
-    unknown = [name for name in names or [] if name not in tables]
+def run_models(spec: dict, root: Path, name: str) -> list[str]:
+    """The models of a table's finished runs (MiniLM stand-in runs must say so next to RoBERTa numbers)."""
+    models = set()
+    table = spec["tables"][name]
+    for column in table["columns"]:
+        for source, leaf in leaf_columns(spec, name, column):
+            folder = runs_folder(spec, source, root)
+            for row in table["rows"]:
+                for results in finished_runs(folder, leaf["task"], cell_variant(row, leaf)):
+                    note = results.get("model_note")
+                    models.add(f"{results.get('model')}" + (f" ({note})" if note else ""))
+    return sorted(models)
+
+
+def report(runs_dir: Path, out_dir: Path, names: list[str] | None = None, spec: dict | None = None) -> list[Path]:
+    """Writes <out>/<table>.md and .csv for each table, and <out>/figures/<figure>.png for each figure that has
+    runs (all by default, or the named tables and figures); returns the files written."""
+    from goat.figures import render_figure
+
+    spec = spec or load_spec()
+    figures = spec.get("figures", {})
+    known = [*spec["tables"], *figures]
+    unknown = [name for name in names or [] if name not in known]
     if unknown:
-        raise ValueError(f"unknown table {unknown[0]!r}; tables: {', '.join(tables)}")
+        raise ValueError(f"unknown table or figure {unknown[0]!r}; choose among {', '.join(known)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in names or list(tables):
-        table = tables[name]
-        found = collect(runs_dir, table["metric"])
-        models = run_models(runs_dir)
-        text_md = markdown(name, table, found) + ("\nModels of our runs: " + "; ".join(models) + "\n" if models else "")
-        for suffix, text in (("md", text_md), ("csv", csv_text(table, found))):
-            path = out_dir / f"{name}.{suffix}"
-            path.write_text(text)
-            written.append(path)
+    for name in names or known:
+        if name in spec["tables"]:
+            for suffix, render in (("md", markdown), ("csv", csv_text)):
+                path = out_dir / f"{name}.{suffix}"
+                path.write_text(render(spec, runs_dir, name))
+                written.append(path)
+        else:
+            path = render_figure(spec, Path(runs_dir), name, out_dir / "figures" / f"{name}.png")
+            if path is not None:
+                written.append(path)
     return written

@@ -16,6 +16,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from goat.adapters import apply_adapter, method_config, save_adapter, validate
@@ -161,13 +162,13 @@ def train(cfg, callbacks=()) -> dict:
     if resume_checkpoint is not None:
         trainer.resume_from(resume_checkpoint)
         logger.info("resumed from %s (step %d)", resume_checkpoint, trainer.state.step)
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), trainer.state.step
     state = trainer.fit()
     log.close()
     if trainer.stop_requested:
         logger.warning("stopped at step %d; checkpoint saved. Continue with resume=auto", state.step)
         return {"status": "interrupted", "step": state.step}
-    results = _results(cfg, task, state, trainer, time.perf_counter() - start)
+    results = _results(cfg, task, state, trainer, time.perf_counter() - start, state.step - first_step)
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(trainer.model), run_dir)
         _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
@@ -234,12 +235,14 @@ PIPELINES = {
 }
 
 
-def _results(cfg, task, state, trainer, seconds: float) -> dict:
+def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
+    """results.json; train_seconds and epoch_hours cover the steps this process ran (after a resume: since it)."""
     main = trainer.main_metric
     return {
         "status": "finished",
         "task": cfg.task.name,
         "method": cfg.method.method,
+        "variant": cfg.variant,
         "model": cfg.model.name_or_path,
         "model_note": cfg.model.pretrained_label,
         "seed": cfg.trainer.seed,
@@ -249,9 +252,18 @@ def _results(cfg, task, state, trainer, seconds: float) -> dict:
         "majority_baseline": getattr(task, "majority_baseline", None),
         "steps": state.step,
         "train_seconds": round(seconds, 1),
+        "epoch_hours": round(seconds / 3600 * trainer.steps_per_epoch / max(steps_run, 1), 4),
+        "peak_memory_gb": _peak_memory_gb(),
         "trainable_parameters": sum(p.numel() for p in trainer.params),
         "history": state.history,
     }
+
+
+def _peak_memory_gb() -> float | None:
+    """Peak GPU memory this process allocated (Table 7's column), or None on a CPU run."""
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def _save_final(model, run_dir: Path) -> None:

@@ -23,8 +23,14 @@ PREFIXES = {
 
 
 def glue_config(task: str, data_dir=None, **fields) -> TaskConfig:
-    return TaskConfig(name=f"glue/{task}", loader="glue", dataset="nyu-mll/glue", subset=task,
-                      data_dir=str(data_dir) if data_dir else None, **fields)
+    return TaskConfig(
+        name=f"glue/{task}",
+        loader="glue",
+        dataset="nyu-mll/glue",
+        subset=task,
+        data_dir=str(data_dir) if data_dir else None,
+        **fields,
+    )
 
 
 @functools.cache
@@ -81,8 +87,10 @@ def test_exact_texts_of_known_rows():
     )
     mrpc_first = shared_task("mrpc").splits["validation"][0]["text"]
     # QUOTE_NONE: the unbalanced quote opening sentence 2 is text (a quoting csv reader would swallow rows)
-    assert mrpc_first.endswith("long-term growth strategy.\n\"The foodservice pie business does not fit our long-term"
-                               " growth strategy.\nresult: ")
+    assert mrpc_first.endswith(
+        'long-term growth strategy.\n"The foodservice pie business does not fit our long-term'
+        " growth strategy.\nresult: "
+    )
 
 
 def test_cola_dev_is_in_domain_then_out_of_domain():
@@ -163,28 +171,66 @@ def test_prefix_in_the_config_replaces_the_table_prefix(tmp_path):
 
 # --- the official GLUE release layout ---------------------------------------------------------------------------
 
-MNLI_DEV_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                   "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "label2", "label3",
-                   "label4", "label5", "gold_label"]
+MNLI_DEV_HEADER = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+    "label1",
+    "label2",
+    "label3",
+    "label4",
+    "label5",
+    "gold_label",
+]
 
 
 def mnli_row(index: int, premise: str, hypothesis: str, gold: str, votes: int) -> list[str]:
-    return [str(index), "1", f"{index}e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", premise, hypothesis,
-            *[gold] * votes, gold]
+    return [
+        str(index),
+        "1",
+        f"{index}e",
+        "fiction",
+        "( x )",
+        "( y )",
+        "(ROOT x)",
+        "(ROOT y)",
+        premise,
+        hypothesis,
+        *[gold] * votes,
+        gold,
+    ]
 
 
 def test_mnli_release_layout_with_text_labels(tmp_path):
     mnli = tmp_path / "MNLI"  # data_dir may be the folder that holds the release's task folders
-    write_tsv(mnli / "train.tsv", [MNLI_DEV_HEADER[:11] + ["gold_label"],
-                                   mnli_row(0, 'He said "yes.', "He agreed.", "entailment", 1),
-                                   mnli_row(1, "It rained.", "It was dry.", "contradiction", 1),
-                                   mnli_row(2, "A man sat.", "He was tired.", "neutral", 1),
-                                   mnli_row(3, "It snowed.", "It was hot.", "contradiction", 1)])
-    write_tsv(mnli / "dev_matched.tsv", [MNLI_DEV_HEADER, mnli_row(0, "A cat slept.", "An animal slept.",
-                                                                    "entailment", 5)])
-    write_tsv(mnli / "dev_mismatched.tsv", [MNLI_DEV_HEADER, mnli_row(0, "Snow fell.", "It was warm.",
-                                                                       "contradiction", 5),
-                                            mnli_row(1, "She ran.", "She won.", "neutral", 5)])
+    write_tsv(
+        mnli / "train.tsv",
+        [
+            MNLI_DEV_HEADER[:11] + ["gold_label"],
+            mnli_row(0, 'He said "yes.', "He agreed.", "entailment", 1),
+            mnli_row(1, "It rained.", "It was dry.", "contradiction", 1),
+            mnli_row(2, "A man sat.", "He was tired.", "neutral", 1),
+            mnli_row(3, "It snowed.", "It was hot.", "contradiction", 1),
+        ],
+    )
+    write_tsv(
+        mnli / "dev_matched.tsv", [MNLI_DEV_HEADER, mnli_row(0, "A cat slept.", "An animal slept.", "entailment", 5)]
+    )
+    write_tsv(
+        mnli / "dev_mismatched.tsv",
+        [
+            MNLI_DEV_HEADER,
+            mnli_row(0, "Snow fell.", "It was warm.", "contradiction", 5),
+            mnli_row(1, "She ran.", "She won.", "neutral", 5),
+        ],
+    )
     task = load_glue(glue_config("mnli", tmp_path), 0)
     assert task.eval_splits == ["validation_matched", "validation_mismatched"]
     assert task.num_labels == 3 and task.label_names == ["entailment", "neutral", "contradiction"]
@@ -199,12 +245,44 @@ def test_mnli_release_layout_with_text_labels(tmp_path):
 
 
 def test_stsb_release_layout_with_float_scores(tmp_path):
-    header = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-              "score"]
-    rows = [["0", "main-captions", "MSRvid", "2012test", "0001", "none", "none", "A plane takes off.",
-             "An air plane is taking off.", "5.000"],
-            ["1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", "A man plays a flute.",
-             "A man plays a bamboo flute.", "3.800"]]
+    header = [
+        "index",
+        "genre",
+        "filename",
+        "year",
+        "old_index",
+        "source1",
+        "source2",
+        "sentence1",
+        "sentence2",
+        "score",
+    ]
+    rows = [
+        [
+            "0",
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            "0001",
+            "none",
+            "none",
+            "A plane takes off.",
+            "An air plane is taking off.",
+            "5.000",
+        ],
+        [
+            "1",
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            "0004",
+            "none",
+            "none",
+            "A man plays a flute.",
+            "A man plays a bamboo flute.",
+            "3.800",
+        ],
+    ]
     write_tsv(tmp_path / "train.tsv", [header, *rows])
     write_tsv(tmp_path / "dev.tsv", [header, rows[1], rows[0]])
     task = load_glue(glue_config("stsb", tmp_path), 0)
@@ -221,8 +299,10 @@ def test_cola_and_rte_release_layouts(tmp_path):
     write_tsv(cola / "train.tsv", [["gj04", "1", "", "The dog barked."], ["gj04", "0", "*", "Barked dog the."]])
     write_tsv(cola / "dev.tsv", [["clc95", "0", "*", "Him left."]])
     rte_header = ["index", "sentence1", "sentence2", "label"]
-    write_tsv(rte / "train.tsv", [rte_header, ["0", "A fell.", "A moved.", "entailment"],
-                                  ["1", "B sat.", "B ran.", "not_entailment"]])
+    write_tsv(
+        rte / "train.tsv",
+        [rte_header, ["0", "A fell.", "A moved.", "entailment"], ["1", "B sat.", "B ran.", "not_entailment"]],
+    )
     write_tsv(rte / "dev.tsv", [rte_header, ["0", "C ate.", "C fasted.", "not_entailment"]])
     cola_task = load_glue(glue_config("cola", cola), 0)
     assert cola_task.splits["train"]["label"] == [1, 0]
@@ -239,8 +319,9 @@ def test_missing_file_names_the_expected_files(tmp_path):
 
 
 def test_unknown_label_names_file_and_line(tmp_path):
-    write_tsv(tmp_path / "train.tsv", [["sentence1", "sentence2", "label"], ["a", "b", "entailment"],
-                                       ["c", "d", "maybe"]])
+    write_tsv(
+        tmp_path / "train.tsv", [["sentence1", "sentence2", "label"], ["a", "b", "entailment"], ["c", "d", "maybe"]]
+    )
     write_tsv(tmp_path / "dev.tsv", [["sentence1", "sentence2", "label"], ["a", "b", "1"]])
     with pytest.raises(ValueError, match=r"train.tsv, line 3: label 'maybe'"):
         load_glue(glue_config("rte", tmp_path), 0)
@@ -255,8 +336,9 @@ def test_hub_rows_become_the_same_texts(monkeypatch):
     def fake_load_dataset(path, name):
         calls.append((path, name))
         split = {"question": ["Who?", "Where?"], "sentence": ["Ann did.", "Here."], "label": [0, 1], "idx": [0, 1]}
-        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(split),
-                                     "validation": datasets.Dataset.from_dict(split)})
+        return datasets.DatasetDict(
+            {"train": datasets.Dataset.from_dict(split), "validation": datasets.Dataset.from_dict(split)}
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     task = load_glue(glue_config("qnli"), 0)

@@ -90,6 +90,66 @@ def test_goat_s_scales_each_expert_by_root_of_segment_singular_values():
     assert (restored - W0).norm() / W0.norm() < 1e-6
 
 
+def test_single_lora_with_eight_segments_takes_goat_triplets_and_preserves_output():
+    # Table 5 "single LoRA + O" (spec §7): one rank-r expert over the 8 segments GOAT's 8 experts take.
+    model = holder(64, 48)
+    W0, b0 = model.proj.weight.detach().clone(), model.proj.bias.detach().clone()
+    cfg = method_config(
+        "goat", r=8, num_experts=1, top_k=1, segment_count=8, scaling="lora", lora_alpha=16, svd_cache_dir=None
+    )
+    apply_adapter(model, cfg)
+    layer = model.proj
+    U, S, V = svd64(W0)
+    t = 48 // 8  # floor(h / segment_count), h = min(48, 64)
+    assert torch.equal(layer.scaling, torch.tensor([16 / 8]))  # alpha / r
+    B, A = layer.lora_B.detach(), layer.lora_A.detach()
+    for i in range(8):
+        # column i of the rank-8 expert: s b_i a_i = u_k sigma_k v_k^T / rho with k = i * t   (spec §2.2-2.3)
+        k = i * t
+        product = layer.scaling.double() * B[:, i : i + 1] @ A[i : i + 1, :]
+        torch.testing.assert_close(product, S[k] * U[:, k : k + 1] @ V[:, k : k + 1].T / cfg.rho, rtol=1e-9, atol=1e-12)
+    # one expert: w = 1 for every token and init_coef = 1 / E = 1, so the residual cancels exactly
+    model.eval()
+    x = torch.randn(5, 7, 64, dtype=torch.float64)
+    torch.testing.assert_close(model(x), x @ W0.T + b0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"segments": "ours"},
+        {"segments": "principal"},
+        {"segments": "minor"},
+        {"segments": "random", "seed": 5},
+        {"per_expert_scaling": True},  # GOAT-s keeps working: segment_count = E is the default layout
+    ],
+)
+def test_segment_count_none_is_one_segment_per_expert(overrides):
+    def adapted(segment_count):
+        model = holder(64, 48)
+        cfg = method_config("goat", r=8, num_experts=4, segment_count=segment_count, svd_cache_dir=None, **overrides)
+        return apply_adapter(model, cfg).proj
+
+    default, explicit = adapted(None), adapted(4)
+    for name in ("lora_A", "lora_B", "scaling"):
+        assert torch.equal(getattr(default, name), getattr(explicit, name)), name
+    assert torch.equal(default.base_layer.weight, explicit.base_layer.weight)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"segment_count": 0}, "segment_count must be >= 1"),
+        ({"segment_count": 3}, r"not divisible by segment_count=3.*segment_count in \[1, 2, 4, 8\]"),
+        ({"segment_count": 8, "per_expert_scaling": True}, "per_expert_scaling .*ambiguous"),
+    ],
+)
+def test_invalid_segment_count_is_rejected_with_a_fix(overrides, message):
+    cfg = method_config("goat", r=8, num_experts=1, top_k=1, svd_cache_dir=None, **overrides)
+    with pytest.raises(ValueError, match=message):
+        apply_adapter(holder(64, 48), cfg)
+
+
 @pytest.mark.parametrize(
     "rule,expected",
     [

@@ -104,8 +104,9 @@ def test_single_expert_top1_equals_peft_lora_output_and_gradients():
     peft_model = get_peft_model(
         holder(16, 12), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["proj"])
     )
-    goat_model = apply_adapter(base, method_config("goat", r=4, lora_alpha=8, num_experts=1, top_k=1,
-                                                   lora_dropout=0.1, svd_cache_dir=None))
+    goat_model = apply_adapter(
+        base, method_config("goat", r=4, lora_alpha=8, num_experts=1, top_k=1, lora_dropout=0.1, svd_cache_dir=None)
+    )
     peft_layer = peft_model.base_model.model.proj
     goat_layer_ = goat_model.proj
     with torch.no_grad():  # same base, same A and B
@@ -134,8 +135,12 @@ def test_single_expert_top1_equals_peft_lora_output_and_gradients():
 
 @pytest.mark.parametrize(
     "per_expert,dropout,convention,padded",
-    [(True, 0.0, "reference", False), (True, 0.3, "reference", True), (False, 0.3, "paper", True),
-     (True, 0.3, "paper", False)],
+    [
+        (True, 0.0, "reference", False),
+        (True, 0.3, "reference", True),
+        (False, 0.3, "paper", True),
+        (True, 0.3, "paper", False),
+    ],
 )
 def test_fused_step_backward_passes_gradcheck(per_expert, dropout, convention, padded):
     """The hand-written backward against finite differences, through the output and the balance loss."""
@@ -174,8 +179,9 @@ def test_fused_function_equals_module_path_with_dropout_and_padding(mode, conven
         with token_mask(layer, mask):
             out = layer(x)
         ((out * upstream).sum() + 0.7 * layer.routing.last_balance_loss).backward()
-        results.append([out.detach(), layer.routing.last_balance_loss.detach(), layer.routing.last_expert_load,
-                         *grads(layer, x)])
+        results.append(
+            [out.detach(), layer.routing.last_balance_loss.detach(), layer.routing.last_expert_load, *grads(layer, x)]
+        )
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 

@@ -25,8 +25,14 @@ needs_data = pytest.mark.skipif(not _installed(), reason=f"{SPEC.package} not in
 
 
 def _cfg(**overrides) -> TaskConfig:
-    values = {"name": f"offline/{NAME}", "loader": "packaged", "dataset": NAME, "max_length": 64,
-              "max_train_samples": 300, "max_eval_samples": 100}
+    values = {
+        "name": f"offline/{NAME}",
+        "loader": "packaged",
+        "dataset": NAME,
+        "max_length": 64,
+        "max_train_samples": 300,
+        "max_eval_samples": 100,
+    }
     return TaskConfig(**{**values, **overrides})
 
 

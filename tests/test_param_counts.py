@@ -67,15 +67,37 @@ NUM_TARGETS = {"vit": 12 * 6, "glue": 24 * 6, "cr": 32 * 5}
 # Spec §8: '# Params (%)' of Table 1 (ViT), Table 4 (GLUE) and Table 3 (CR).
 PAPER = {
     "vit": {
-        "full_ft": 100, "full_ft_moe": 770, "lora": 1.49, "dora": 1.49, "pissa": 1.49, "milora": 1.49,
-        "molora": 2.24, "adamole": 2.33, "hydralora": 1.58, "goat": 2.24,
+        "full_ft": 100,
+        "full_ft_moe": 770,
+        "lora": 1.49,
+        "dora": 1.49,
+        "pissa": 1.49,
+        "milora": 1.49,
+        "molora": 2.24,
+        "adamole": 2.33,
+        "hydralora": 1.58,
+        "goat": 2.24,
     },
     "glue": {
-        "full_ft": 100, "full_ft_moe": 698, "lora": 4.00, "dora": 4.00, "pissa": 4.00, "milora": 4.00,
-        "rslora": 4.00, "molora": 4.50, "adamole": 4.56, "hydralora": 2.75, "goat": 4.50,
+        "full_ft": 100,
+        "full_ft_moe": 698,
+        "lora": 4.00,
+        "dora": 4.00,
+        "pissa": 4.00,
+        "milora": 4.00,
+        "rslora": 4.00,
+        "molora": 4.50,
+        "adamole": 4.56,
+        "hydralora": 2.75,
+        "goat": 4.50,
     },
     "cr": {
-        "lora": 0.84, "dora": 0.84, "pissa": 0.84, "milora": 0.84, "molora": 0.96, "hydralora": 0.84,
+        "lora": 0.84,
+        "dora": 0.84,
+        "pissa": 0.84,
+        "milora": 0.84,
+        "molora": 0.96,
+        "hydralora": 0.84,
         "goat": 0.96,
     },
 }
@@ -93,8 +115,12 @@ def build_model(family: str, kv_heads: int = 32) -> torch.nn.Module:
         from transformers import CLIPConfig, CLIPForImageClassification, CLIPVisionConfig
 
         vision = CLIPVisionConfig(
-            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-            patch_size=32, image_size=224,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            patch_size=32,
+            image_size=224,
         )
         # CLIPForImageClassification: vision tower + mean of patch tokens + new Linear(768, C), spec §6.
         return CLIPForImageClassification(CLIPConfig(vision_config=vision.to_dict(), num_labels=10))
@@ -102,16 +128,26 @@ def build_model(family: str, kv_heads: int = 32) -> torch.nn.Module:
         from transformers import RobertaConfig, RobertaForSequenceClassification
 
         config = RobertaConfig(
-            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-            vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=2,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            vocab_size=50265,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            num_labels=2,
         )
         return RobertaForSequenceClassification(config)
     if family == "cr":
         from transformers import LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig(
-            hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=kv_heads,
-            intermediate_size=11008, vocab_size=32000,
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=kv_heads,
+            intermediate_size=11008,
+            vocab_size=32000,
         )
         return LlamaForCausalLM(config)
     raise ValueError(family)
@@ -173,8 +209,9 @@ def measure(family: str, method: str, kv_heads: int = 32) -> Count:
             magnitude += param.numel()
         if "lora_" not in name:
             non_adapter.append(name)
-    return Count(trainable, base, head, head_trainable, magnitude, tuple(non_adapter), frozen,
-                 len(adapted.goat_adapter.targets))
+    return Count(
+        trainable, base, head, head_trainable, magnitude, tuple(non_adapter), frozen, len(adapted.goat_adapter.targets)
+    )
 
 
 # ---------------------------------------------------------------- known differences, each with its alternative
@@ -217,19 +254,26 @@ LLAMA_GQA = (
 
 KNOWN_DIFFERENCES: dict[tuple[str, str], Known] = {
     # One cause (the ViT denominator) for the whole ViT column except Full FT (100 by definition).
-    **{("vit", m): Known(VIT_DENOMINATOR, _vit_alternative(m))
-       for m in ("lora", "pissa", "milora", "molora", "adamole", "hydralora", "goat", "full_ft_moe")},
+    **{
+        ("vit", m): Known(VIT_DENOMINATOR, _vit_alternative(m))
+        for m in ("lora", "pissa", "milora", "molora", "adamole", "hydralora", "goat", "full_ft_moe")
+    },
     ("vit", "dora"): Known(
-        DORA_MAGNITUDE.format(numbers="12 x (4x768 + 3072 + 768) = 82,944 = +0.095%, 1.612% in all",
-                              denominator=" divided by ViT's 88,783,104 as for the other ViT rows (1.495%)"),
-        lambda: 100.0 * (measure("vit", "dora").trainable - measure("vit", "dora").magnitude)
-        / vit_paper_denominator(),
+        DORA_MAGNITUDE.format(
+            numbers="12 x (4x768 + 3072 + 768) = 82,944 = +0.095%, 1.612% in all",
+            denominator=" divided by ViT's 88,783,104 as for the other ViT rows (1.495%)",
+        ),
+        lambda: 100.0 * (measure("vit", "dora").trainable - measure("vit", "dora").magnitude) / vit_paper_denominator(),
     ),
     ("glue", "dora"): Known(
-        DORA_MAGNITUDE.format(numbers="24 x (4x1024 + 4096 + 1024) = 221,184 = +0.062%, 4.058% in all",
-                              denominator=" (3.995%)"),
-        lambda: 100.0 * (measure("glue", "dora").trainable - measure("glue", "dora").magnitude)
-        / measure("glue", "dora").base,
+        DORA_MAGNITUDE.format(
+            numbers="24 x (4x1024 + 4096 + 1024) = 221,184 = +0.062%, 4.058% in all", denominator=" (3.995%)"
+        ),
+        lambda: (
+            100.0
+            * (measure("glue", "dora").trainable - measure("glue", "dora").magnitude)
+            / measure("glue", "dora").base
+        ),
     ),
     ("cr", "goat"): Known(LLAMA_GQA, lambda: measure("cr", "goat", kv_heads=8).percent),
     ("cr", "molora"): Known(LLAMA_GQA, lambda: measure("cr", "molora", kv_heads=8).percent),
@@ -262,11 +306,15 @@ def table(family: str) -> tuple[str, list[str]]:
             alt_close = abs(alternative - paper) <= tolerance(paper)
             note = f"known: paper's way gives {alternative:.4f}" + ("" if alt_close else "  <-- does NOT match")
             if close:
-                failures.append(f"{family}/{method}: listed as a known difference but ours {ours:.4f} "
-                                f"matches the paper's {paper}; remove the entry")
+                failures.append(
+                    f"{family}/{method}: listed as a known difference but ours {ours:.4f} "
+                    f"matches the paper's {paper}; remove the entry"
+                )
             if not alt_close:
-                failures.append(f"{family}/{method}: the documented alternative gives {alternative:.4f}, "
-                                f"not the paper's {paper}: {known.reason}")
+                failures.append(
+                    f"{family}/{method}: the documented alternative gives {alternative:.4f}, "
+                    f"not the paper's {paper}: {known.reason}"
+                )
         elif not close:
             note = "<-- DIFFERS, undocumented"
             failures.append(f"{family}/{method}: ours {ours:.4f}% vs paper {paper}% (diff {diff:+.4f})")

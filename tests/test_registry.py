@@ -12,7 +12,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 def test_registry_equals_shipped_method_configs():
     assert set(METHODS) == {path.stem for path in CONFIGS.glob("*.yaml")}
     assert set(METHODS) == {
-        "goat", "lora", "rslora", "dora", "pissa", "milora", "molora", "adamole", "hydralora", "full_ft", "full_ft_moe"
+        "goat",
+        "lora",
+        "rslora",
+        "dora",
+        "pissa",
+        "milora",
+        "molora",
+        "adamole",
+        "hydralora",
+        "full_ft",
+        "full_ft_moe",
     }
 
 

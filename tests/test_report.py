@@ -1,49 +1,122 @@
-"""goat-report: our results beside the paper's, seeds aggregated, missing runs blank (never zero)."""
+"""goat-report: our results beside the paper's, seeds aggregated, missing runs blank (never zero), figures as PNG."""
 
 import json
 
+import pytest
+
 from goat.cli import report_main
-from goat.report import collect, markdown, paper_tables
+from goat.report import csv_text, markdown, table_cells
+from goat.tables import load_spec
 
 
-def write_run(root, task, method, seed, accuracy, split="validation", status="finished"):
-    run = root / task / method / f"seed{seed}"
+def write_run(root, task, variant, seed, final, status="finished", main="validation/accuracy", **extra):
+    run = root / task / variant / f"seed{seed}"
     run.mkdir(parents=True)
-    final = {"step": 10, f"{split}/accuracy": accuracy}
-    (run / "results.json").write_text(
-        json.dumps(
-            {
-                "status": status,
-                "task": task,
-                "method": method,
-                "seed": seed,
-                "main_metric": f"{split}/accuracy",
-                "final": final,
-            }
-        )
-    )
+    results = {"status": status, "task": task, "method": variant.split("_")[0], "variant": variant, "seed": seed}
+    results.update(main_metric=main, final={"step": 10, **final}, model="tiny", **extra)
+    (run / "results.json").write_text(json.dumps(results))
+    return run
 
 
-def test_paper_table4_averages_match_the_papers_average_column():
-    table = paper_tables()["table4"]
-    for method, values in table["methods"].items():
-        assert abs(sum(values) / len(values) - table["paper_average"][method]) < 0.006, method
+def row_of(text, name):
+    return next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
 
 
-def test_report_aggregates_seeds_and_leaves_missing_runs_blank(tmp_path):
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec()
+
+
+def test_every_paper_average_matches_its_row(spec):
+    """The transcription check: each row's numbers average to the paper's Avg column (rounding: 0.01)."""
+    checked = 0
+    for name, table in spec["tables"].items():
+        for row, values in table["rows"].items():
+            assert row in spec["variants"] or row in table.get("not_run", []), (name, row)
+            if values:
+                assert len(values) == len(table["columns"]), (name, row)
+            given = (table.get("paper_average") or {}).get(row)
+            if values and given is not None and None not in values:
+                assert abs(sum(values) / len(values) - given) <= 0.0101, (name, row)
+                checked += 1
+    assert checked == 12 + 11 + 11 + 2  # tables 1, 3, 4 and 8
+
+
+def test_table4_aggregates_seeds_and_leaves_missing_runs_blank(tmp_path, spec):
     runs = tmp_path / "runs"
-    write_run(runs, "glue/cola", "goat", 0, 86.0)
-    write_run(runs, "glue/cola", "goat", 1, 88.0)
-    write_run(runs, "glue/mnli", "goat", 0, 89.0, split="validation_matched")
-    write_run(runs, "glue/rte", "lora", 0, 80.0, status="interrupted")  # not finished: not counted
-    found = collect(runs, "accuracy")
-    assert found == {("glue/cola", "goat"): [86.0, 88.0], ("glue/mnli", "goat"): [89.0]}
-    text = markdown("table4", paper_tables()["table4"], found)
-    goat_row = next(line for line in text.splitlines() if line.startswith("| goat |"))
-    assert "87.00 ± 1.41 (n=2) / 86.86 (+0.14)" in goat_row and "89.00 / 89.55 (-0.55)" in goat_row
-    lora_row = next(line for line in text.splitlines() if line.startswith("| lora |"))
-    assert lora_row.count("— / ") == 7  # no finished lora run: every cell blank, never zero
-    assert report_main(["--runs", str(runs), "--out", str(tmp_path / "reports"), "--table", "table4"]) == 0
-    assert (tmp_path / "reports" / "table4.csv").read_text().splitlines()[0] == "method,task,ours,paper,diff"
-    assert "Models of our runs:" in (tmp_path / "reports" / "table4.md").read_text()
+    write_run(runs, "glue/cola", "goat", 0, {"validation/accuracy": 86.0})
+    write_run(runs, "glue/cola", "goat", 1, {"validation/accuracy": 88.0})
+    write_run(runs, "glue/mnli", "goat", 0, {"validation_matched/accuracy": 89.0}, main="validation_matched/accuracy")
+    write_run(runs, "glue/rte", "lora", 0, {"validation/accuracy": 80.0}, status="interrupted")  # not counted
+    text = markdown(spec, runs, "table4")
+    goat = row_of(text, "goat")
+    assert "87.00 ± 1.41 (n=2) / 86.86 (+0.14)" in goat and "89.00 / 89.55 (-0.55)" in goat
+    assert goat.endswith("| 0,1 |")  # the seeds that ran
+    assert "— / 89.76 |" in goat  # average blank: 5 of 7 tasks have no run
+    lora = row_of(text, "lora")
+    assert lora.count("— / ") == 8  # no finished lora run: every cell and the average blank, never zero
+    assert "Models of our runs: tiny" in text
+    rows = csv_text(spec, runs, "table4").splitlines()
+    assert rows[0] == "method,column,ours_mean,ours_std,n,seeds,paper,diff"
+    assert "goat,CoLA,87.0,1.4142,2,0 1,86.86,0.14" in rows
+    assert "lora,RTE,,,0,,84.47," in rows
+
+
+def test_complete_row_gets_an_average_and_table8_averages_other_tables(tmp_path, spec):
+    runs = tmp_path / "runs"
+    for column, value in zip(spec["tables"]["table1"]["columns"], [50, 70, 98, 97, 93, 52, 96], strict=True):
+        write_run(runs, column["task"], "goat_s", 0, {"test/accuracy": float(value)}, main="test/accuracy")
+    cells = table_cells(spec, runs, "table8")
+    ic = cells["goat_s"][2]
+    assert ic.values == [pytest.approx(79.42857, abs=1e-4)] and ic.paper == 81.54
+    assert cells["goat_s"][0].values == [] and cells["goat"][2].values == []  # NLG runs missing; goat not run
+    text = markdown(spec, runs, "table1")
+    assert "Avg" in text.splitlines()[4]
+    # table1's goat_s is not a row of table1: the runs only count in table 8
+    assert "goat_s" not in text
+
+
+def test_per_column_variants_and_top_level_keys(tmp_path, spec):
+    """Table 6's learning-rate columns read <row>_lr...; Table 7 reads peak memory from results.json itself."""
+    runs = tmp_path / "runs"
+    write_run(runs, "math/metamathqa", "goat_lr1e-5", 0, {"gsm8k/accuracy": 30.0}, peak_memory_gb=12.5)
+    write_run(runs, "math/metamathqa", "goat", 0, {"gsm8k/accuracy": 31.0}, peak_memory_gb=12.0, epoch_hours=0.5)
+    assert [c.values for c in table_cells(spec, runs, "table6")["goat"]] == [[30.0], [31.0], []]
+    assert [c.values for c in table_cells(spec, runs, "table7")["goat"]] == [[12.0], [0.5], [31.0]]
+    assert "full_ft_moe (not run)" in markdown(spec, runs, "table7")
+
+
+def is_png(path):
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_report_writes_tables_and_figures_as_png(tmp_path, spec):
+    import matplotlib.image
+
+    runs = tmp_path / "runs"
+    for variant, slope in (("goat", 0.9), ("lora", 0.95)):
+        run = write_run(runs / "small", "glue/sst2", variant, 0, {"validation/accuracy": 80.0})
+        load = [[0.3, 0.1, 0.2, 0.4] for _ in range(3)]
+        lines = [{"step": s, "train/loss": slope**s, **({"load/l0": load[0], "load/l1": load[1]})} for s in range(1, 9)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    out = tmp_path / "reports"
+    assert report_main(["--runs", str(runs), "--out", str(out), "--table", "small", "--table", "small_loss"]) == 0
+    assert report_main(["--runs", str(runs), "--out", str(out), "--table", "small_load", "--table", "fig5"]) == 0
+    assert "80.00 / " in row_of((out / "small.md").read_text(), "goat")
+    for name in ("small_loss", "small_load"):
+        png = out / "figures" / f"{name}.png"
+        assert is_png(png)
+        assert matplotlib.image.imread(png).shape[2] in (3, 4)
+    assert not (out / "figures" / "fig5.png").exists()  # no runs: no figure, rather than an empty one
     assert report_main(["--runs", str(runs), "--table", "table99"]) == 2
+
+
+def test_rank_scaling_figure_from_table_averages(tmp_path, spec):
+    from goat.figures import render_figure
+
+    runs = tmp_path / "runs"
+    for variant, value in (("goat", 80.0), ("goat_r16", 82.0), ("goat_r32", 83.0)):
+        for column in spec["tables"]["table1"]["columns"]:
+            write_run(runs, column["task"], variant, 0, {"test/accuracy": value}, main="test/accuracy")
+    assert is_png(render_figure(spec, runs, "fig5", tmp_path / "fig5.png"))

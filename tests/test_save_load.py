@@ -78,7 +78,15 @@ def test_load_rejects_a_checkpoint_for_another_model(tmp_path):
     save_adapter(model, tmp_path)
     from transformers import BertConfig, BertForSequenceClassification
 
-    other = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    other = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+        )
+    )
     with pytest.raises(ValueError, match="saved for another model"):
         load_adapter(other, tmp_path)

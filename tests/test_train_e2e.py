@@ -6,82 +6,11 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny_run_overrides as overrides
 from safetensors.torch import load_file
 
 from goat.cli import OverrideError, compose, train_main
 from goat.train import ConfigError, train
-
-WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa", "lam", "mu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer BERT config and a word-level tokenizer: no download, random weights (model.from_config=true)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny_bert")
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    tokenizer.save_pretrained(root)
-    BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    ).save_pretrained(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def keyword_data(tmp_path_factory):
-    """Label 1 iff the sentence contains "alpha": learnable in a few dozen steps."""
-    root = tmp_path_factory.mktemp("keyword_data")
-    generator = torch.Generator().manual_seed(0)
-    for split, size in (("train", 256), ("validation", 128)):
-        with open(root / f"{split}.jsonl", "w") as handle:
-            for i in range(size):
-                words = [WORDS[1 + int(j)] for j in torch.randint(0, len(WORDS) - 1, (6,), generator=generator)]
-                label = i % 2
-                if label:
-                    words[int(torch.randint(0, 6, (1,), generator=generator))] = "alpha"
-                handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
-    return root
-
-
-def overrides(model_dir, data_dir, out, *extra):
-    return [
-        "task=text_files",
-        f"task.data_dir={data_dir}",
-        "task.max_length=16",
-        f"model.name_or_path={model_dir}",
-        "model.from_config=true",
-        "method=goat",
-        "method.r=32",
-        "method.lora_alpha=64",
-        "model.pretrained_label=",
-        "trainer=cpu",
-        "trainer.batch_size=16",
-        "trainer.micro_batch_size=8",
-        "trainer.max_steps=40",
-        "trainer.lr=5e-3",
-        "trainer.warmup_steps=0",
-        "trainer.log_every_steps=5",
-        "trainer.progress=false",
-        "trainer.eval_batch_size=64",
-        "logger=none",
-        f"output_dir={out}",
-        *extra,
-    ]
 
 
 def test_goat_run_learns_and_writes_metrics_results_checkpoints(tiny_model_dir, keyword_data, tmp_path, capsys):

@@ -49,6 +49,9 @@ class AdapterConfig:
     rho: float = 10.0  # shrink of the SVD factors
     init_coef: float | None = None  # residual coefficient; None means 1 / num_experts
     segments: str = "ours"  # ours | principal | minor | random (Table 5 ablations)
+    # Number of evenly spaced SVD segments the total rank r is cut into (width r / segment_count); None =
+    # num_experts. Table 5's "single LoRA + O": num_experts=1 top_k=1 segment_count=8 scaling=lora.
+    segment_count: int | None = None
     per_expert_scaling: bool = False  # GOAT-s (Table 8): s_i = s_1 * sqrt(sigma_1 / sigma_i)
     svd_shrink: bool = False  # PiSSA/MiLoRA: also divide by rho and keep init_coef (the reference's variant)
     seed: int = 0  # random segments, router and expert init
@@ -73,6 +76,9 @@ class AdapterConfig:
 
     def effective_init_coef(self) -> float:
         return 1.0 / self.num_experts if self.init_coef is None else self.init_coef
+
+    def effective_segment_count(self) -> int:
+        return self.num_experts if self.segment_count is None else self.segment_count
 
     def replace(self, **changes) -> AdapterConfig:
         return dataclasses.replace(self, **changes)
@@ -122,4 +128,25 @@ def validate_moe(cfg: AdapterConfig) -> None:
             f"adapter.r={cfg.r} is not divisible by num_experts={cfg.num_experts}: each expert needs "
             f"rank r / E; use r={cfg.num_experts * max(1, cfg.r // cfg.num_experts)} or change num_experts"
         )
+    validate_segment_count(cfg)
 
+
+def validate_segment_count(cfg: AdapterConfig) -> None:
+    """segment_count (None = num_experts) cuts r into equal SVD segments, so it must divide r (spec §2.2)."""
+    count = cfg.segment_count
+    if count is None:
+        return
+    if count < 1:
+        raise ValueError(f"adapter.segment_count must be >= 1 or null (= num_experts), got {count}")
+    if cfg.r % count != 0:
+        divisors = [c for c in range(1, cfg.r + 1) if cfg.r % c == 0]
+        raise ValueError(
+            f"adapter.r={cfg.r} is not divisible by segment_count={count}: each SVD segment has width "
+            f"r / segment_count; use a segment_count in {divisors} or null (= num_experts)"
+        )
+    if cfg.per_expert_scaling and count != cfg.num_experts:
+        raise ValueError(
+            f"adapter.per_expert_scaling (GOAT-s) is ambiguous with segment_count={count} != "
+            f"num_experts={cfg.num_experts} (scale per expert or per segment?); set segment_count=null "
+            "or per_expert_scaling=false"
+        )

@@ -28,8 +28,14 @@ class FullMoELinear(nn.Module):
         self.expert_bias = None if bias is None else nn.Parameter(bias.unsqueeze(0).repeat(num_experts, 1))
         router_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
         self.routing = MoERouting(
-            self.in_features, num_experts, TopKGate(top_k), balance_coef, balance_convention, context,
-            router_dtype, weight.device,
+            self.in_features,
+            num_experts,
+            TopKGate(top_k),
+            balance_coef,
+            balance_convention,
+            context,
+            router_dtype,
+            weight.device,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -131,8 +131,22 @@ def _forward(ctx, x, router_weight, lora_A, lora_B, scaling, token_weight, spec)
     loss = loss_grad @ mean_prob
 
     ctx.mark_non_differentiable(load)
-    saved = (x, router_c, A_c, B_c, probs, index, weights, total, slot_scaling, act, coef, mixed, token_weight,
-             loss_grad / real_tokens)
+    saved = (
+        x,
+        router_c,
+        A_c,
+        B_c,
+        probs,
+        index,
+        weights,
+        total,
+        slot_scaling,
+        act,
+        coef,
+        mixed,
+        token_weight,
+        loss_grad / real_tokens,
+    )
     ctx.save_for_backward(*saved)
     ctx.spec, ctx.slots, ctx.rng_state, ctx.device_type = spec, slots, state, x.device.type
     ctx.param_dtypes = router_weight.dtype, lora_A.dtype, lora_B.dtype

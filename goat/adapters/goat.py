@@ -6,6 +6,9 @@ Expert i takes the singular triplets I_i = [start_i, start_i + d) of W0 (spec §
   minor:     start_i = h - (i + 1) * d                    (bottom-r triplets)
   random:    E distinct multiples of d, drawn with the config seed (Table 5 "R")
 and B_i = U_I sqrt(S_I / (s_i rho)), A_i = sqrt(S_I / (s_i rho)) V_I^T, so s_i B_i A_i = U_I S_I V_I^T / rho.
+With `segment_count` set, the r columns are cut into that many segments of width r / segment_count instead
+(E and d above become the segment count and width) and expert i still owns columns [i*d, (i+1)*d) of them:
+Table 5's "single LoRA + O" is one expert over the 8 segments that GOAT's 8 experts would take.
 The base weight becomes W0 - init_coef * sum_i s_i B_i A_i (spec §2.4, Thm 3.4), so the expected
 equivalent weight over routing, E[w_i] = 1/E, equals W0 when init_coef = 1/E.
 """
@@ -19,26 +22,26 @@ from goat.adapters.moe import MoELoRALinear
 from goat.adapters.svd import Triplets
 
 
-def segment_starts(h: int, num_experts: int, d: int, segments: str, generator: torch.Generator) -> torch.Tensor:
-    """First singular index of each expert's segment, (E,) int64."""
-    if num_experts * d > h:
-        raise ValueError(f"total rank {num_experts * d} exceeds min(out, in) = {h} of the layer")
-    expert = torch.arange(num_experts)
+def segment_starts(h: int, num_segments: int, d: int, segments: str, generator: torch.Generator) -> torch.Tensor:
+    """First singular index of each segment of width d, (num_segments,) int64 (one segment per expert by default)."""
+    if num_segments * d > h:
+        raise ValueError(f"total rank {num_segments * d} exceeds min(out, in) = {h} of the layer")
+    segment = torch.arange(num_segments)
     if segments == "ours":
-        return expert * (h // num_experts)
+        return segment * (h // num_segments)
     if segments == "principal":
-        return expert * d
+        return segment * d
     if segments == "minor":
-        return h - (expert + 1) * d
+        return h - (segment + 1) * d
     if segments == "random":
         slots = h // d  # non-overlapping segments of width d
-        return torch.randperm(slots, generator=generator)[:num_experts] * d
+        return torch.randperm(slots, generator=generator)[:num_segments] * d
     raise ValueError(f"segments must be one of ours/principal/minor/random, got {segments!r}")
 
 
-def segment_indices(h: int, num_experts: int, d: int, segments: str, generator: torch.Generator) -> torch.Tensor:
-    """Singular indices of all experts in expert order, (E * d,) int64: expert i owns [i*d, (i+1)*d)."""
-    starts = segment_starts(h, num_experts, d, segments, generator)
+def segment_indices(h: int, num_segments: int, d: int, segments: str, generator: torch.Generator) -> torch.Tensor:
+    """Singular indices of all segments in order, (num_segments * d,) int64: segment j owns [j*d, (j+1)*d)."""
+    starts = segment_starts(h, num_segments, d, segments, generator)
     return (starts[:, None] + torch.arange(d)[None, :]).reshape(-1)
 
 

@@ -65,7 +65,9 @@ def build_goat(model, cfg: AdapterConfig, targets, initialize: bool = True):
     for name, layer in layers.items():
         weights[name] = layer.base_layer.weight
         h = min(layer.in_features, layer.out_features)
-        indices[name] = segment_indices(h, cfg.num_experts, cfg.expert_rank, cfg.segments, generator)
+        # (r,) singular indices; expert i takes columns [i*d, (i+1)*d), d = r / E, whatever the segment count
+        count = cfg.effective_segment_count()
+        indices[name] = segment_indices(h, count, cfg.r // count, cfg.segments, generator)
     report = selected_triplets(weights, indices, model_identity(model, cfg.model_id), cfg.svd_cache_dir)
     for name, layer in layers.items():
         init_goat_layer(layer, report.triplets[name], cfg)

@@ -87,7 +87,11 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
     trainable, total = count_parameters(adapted)
     logger.info(
         "%s: %d target layers, %d trainable of %d parameters (%.2f%%)",
-        cfg.method, len(targets), trainable, total, 100.0 * trainable / max(total, 1),
+        cfg.method,
+        len(targets),
+        trainable,
+        total,
+        100.0 * trainable / max(total, 1),
     )
     return adapted
 

@@ -22,8 +22,10 @@ def find_heads(model: nn.Module, modules_to_save: list[str] | None) -> list[str]
     if modules_to_save is not None:
         missing = [name for name in modules_to_save if name not in names]
         if missing:
-            raise ValueError(f"modules_to_save {missing} are not modules of the model; top-level modules: "
-                             f"{[n for n, _ in model.named_children()]}")
+            raise ValueError(
+                f"modules_to_save {missing} are not modules of the model; top-level modules: "
+                f"{[n for n, _ in model.named_children()]}"
+            )
         return list(modules_to_save)
     return [name for name, _ in model.named_children() if name in HEAD_NAMES]
 

@@ -114,7 +114,7 @@ def extract_gsm8k_answer(text: str) -> float | None:
     for marker in (_ANSWER_IS, re.compile(r"####")):
         spans = list(marker.finditer(text))
         if spans:
-            found = _numbers(text[spans[-1].end():])
+            found = _numbers(text[spans[-1].end() :])
             if found:
                 return found[0]
     found = _numbers(text)

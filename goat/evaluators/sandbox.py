@@ -98,8 +98,14 @@ def _start_works(launcher: _Launcher) -> bool:
             os.chown(workdir, launcher.drop_to, launcher.drop_to)
         argv = [*launcher.prefix, sys.executable, "-I", "-c", "pass"]
         done = subprocess.run(
-            argv, cwd=workdir, env=_environment(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_limits(5.0, 1024, launcher.drop_to), timeout=20,
+            argv,
+            cwd=workdir,
+            env=_environment(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_limits(5.0, 1024, launcher.drop_to),
+            timeout=20,
             start_new_session=True,
         )
         return done.returncode == 0
@@ -184,9 +190,14 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> 
             os.chown(script, launcher.drop_to, launcher.drop_to)
         with tempfile.TemporaryFile() as stderr:
             proc = subprocess.Popen(
-                [*launcher.prefix, sys.executable, "-I", script], cwd=workdir, env=_environment(workdir),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                preexec_fn=_limits(timeout_s, memory_mb, launcher.drop_to), start_new_session=True,
+                [*launcher.prefix, sys.executable, "-I", script],
+                cwd=workdir,
+                env=_environment(workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=_limits(timeout_s, memory_mb, launcher.drop_to),
+                start_new_session=True,
             )
             try:
                 returncode, timed_out = proc.wait(timeout=timeout_s), False
@@ -209,8 +220,8 @@ def _strip_docstrings(text: str) -> str:
     kept, end = [], 0
     for m in _TRIPLE_QUOTED.finditer(text):
         line_start = text.rfind("\n", 0, m.start()) + 1
-        if text[line_start:m.start()].strip() == "":
-            kept.append(text[end:m.start()])
+        if text[line_start : m.start()].strip() == "":
+            kept.append(text[end : m.start()])
             end = m.end()
     return "".join(kept) + text[end:]
 

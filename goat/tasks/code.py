@@ -55,7 +55,8 @@ def load_code(cfg, seed: int) -> InstructionTask:
         score_humaneval,
         "humaneval/accuracy",
         cfg.max_new_tokens,
-        decoding_kwargs(cfg.decoding, "code"), cfg.num_samples,
+        decoding_kwargs(cfg.decoding, "code"),
+        cfg.num_samples,
     )
 
 

@@ -55,7 +55,8 @@ def load_commonsense(cfg, seed: int) -> InstructionTask:
         score_commonsense,
         main,
         cfg.max_new_tokens,
-        decoding_kwargs(cfg.decoding, "commonsense"), cfg.num_samples,
+        decoding_kwargs(cfg.decoding, "commonsense"),
+        cfg.num_samples,
     )
 
 

@@ -54,7 +54,8 @@ def load_math(cfg, seed: int) -> InstructionTask:
         score_gsm8k,
         "gsm8k/accuracy",
         cfg.max_new_tokens,
-        decoding_kwargs(cfg.decoding, "math"), cfg.num_samples,
+        decoding_kwargs(cfg.decoding, "math"),
+        cfg.num_samples,
     )
 
 

@@ -1,0 +1,217 @@
+"""goat-grid: the runs behind a paper table or figure (data/paper_results.yaml), run one after another.
+
+Each run is one `goat-train` with the variant's overrides, in <runs>/<task>/<variant>/seed<k>. A finished
+run (results.json) is skipped, an interrupted one resumes from its newest checkpoint (resume=auto), so the
+same command can be repeated until the grid is complete. TASKS / METHODS filter with shell patterns
+(`vit/*`, `goat*`); --dry-run prints the grid and what each run would do. With --gpus N > 1 each run is
+started through `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, run_dir, runs_folder
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # tests and CI only; pass --data
+
+
+class GridError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    variant: str
+    seed: int
+    overrides: tuple[str, ...]
+    output_dir: Path
+
+    def state(self) -> str:
+        """finished (results.json), partial (checkpoints or a started run directory) or new."""
+        if (self.output_dir / RESULTS_FILE).exists():
+            return "finished"
+        return "partial" if self.output_dir.exists() else "new"
+
+    def train_args(self) -> list[str]:
+        return [
+            f"task={self.task}",
+            *self.overrides,
+            f"variant={self.variant}",
+            f"trainer.seed={self.seed}",
+            f"output_dir={self.output_dir}",
+            "resume=auto",
+        ]
+
+    def command(self, gpus: int = 1, accelerate_config: str | None = None) -> list[str]:
+        if gpus <= 1:
+            return [sys.executable, "-m", "goat.cli", *self.train_args()]
+        launch = ["accelerate", "launch", "--num_processes", str(gpus)]
+        launch += ["--config_file", accelerate_config] if accelerate_config else ["--multi_gpu"]
+        return [*launch, "-m", "goat.cli", *self.train_args()]
+
+
+def table_cells(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
+    """(task, variant, overrides without the seed) of every runnable cell; averaged columns expand to the
+    cells of the table they average, for this table's rows (Table 8: GOAT-s on every task of Tables 1-4)."""
+    table = spec["tables"][name]
+    skipped = set(table.get("not_run", []))
+    cells = []
+    for row in table["rows"]:
+        if row in skipped:
+            continue
+        if row not in spec["variants"]:
+            raise GridError(f"{name}: row {row!r} is not a variant of data/paper_results.yaml")
+        for column in table["columns"]:
+            for source, leaf in leaf_columns(spec, name, column):
+                extra = spec["tables"][source].get("overrides", [])
+                overrides = [*spec["variants"][row], *extra, *leaf.get("overrides", [])]
+                cells.append((leaf["task"], cell_variant(row, leaf), overrides))
+    return cells
+
+
+def figure_cells(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
+    figure = spec["figures"][name]
+    if figure["kind"] in ("loss_curves", "expert_load"):
+        variants = figure.get("variants") or [figure["variant"]]
+        tasks = [figure["task"]]
+    else:  # rank_scaling, experts: every task of a table
+        tasks = [c["task"] for c in spec["tables"][figure["table"]]["columns"]]
+        if figure["kind"] == "rank_scaling":
+            variants = [v for series in figure["series"].values() for v in series] + [figure["reference"]]
+        else:
+            variants = [point["variant"] for point in figure["points"]]
+    extra = spec["tables"][figure["table"]].get("overrides", []) if "table" in figure else []
+    return [(task, v, [*spec["variants"][v], *extra]) for task in tasks for v in variants]
+
+
+def expand(
+    name: str,
+    seeds: list[int],
+    root: Path = Path("runs"),
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    data: Path = DEFAULT_DATA,
+    spec: dict | None = None,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[Run]:
+    """The runs of a table or figure, deduplicated, in table order, filtered by task and variant patterns;
+    `extra` overrides are added to every run (a larger reproduce-small on a GPU: keep those in their own --runs)."""
+    spec = spec or load_spec()
+    if name in spec["tables"]:
+        cells = table_cells(spec, name)
+    elif name in spec.get("figures", {}):
+        cells = figure_cells(spec, name)
+    else:
+        known = [*spec["tables"], *spec.get("figures", {})]
+        raise GridError(f"unknown table or figure {name!r}; choose one of {', '.join(known)}")
+    base = runs_folder(spec, name, root)
+    runs, seen = [], {}
+    for task, variant, overrides in cells:
+        if tasks and not any(fnmatch.fnmatch(task, p) for p in tasks):
+            continue
+        if methods and not any(fnmatch.fnmatch(variant, p) for p in methods):
+            continue
+        if any("{data}" in o for o in overrides) and not Path(data).is_dir():
+            raise GridError(
+                f"{name}: {task} reads its data from {data}, which does not exist: pass --data DIR (make: DATA=DIR), "
+                "the folder with glue/sst2, glue/cola, ... (goat's tests use ../shared/data)"
+            )
+        overrides = tuple(o.replace("{data}", str(data)) for o in [*overrides, *extra])
+        previous = seen.setdefault((task, variant), overrides)
+        if previous != overrides:
+            raise GridError(f"{name}: {task} {variant} is defined twice with different overrides")
+        for seed in seeds:
+            run = Run(task, variant, seed, overrides, run_dir(base, task, variant, seed))
+            if run not in runs:
+                runs.append(run)
+    if not runs:
+        raise GridError(f"{name}: no run matches TASKS={tasks} METHODS={methods}")
+    return runs
+
+
+def describe(runs: list[Run], gpus: int = 1, accelerate_config: str | None = None) -> str:
+    """The grid as a table: what each run would do, and its command."""
+    action = {"finished": "skip (finished)", "partial": "resume", "new": "train"}
+    lines = [f"{len(runs)} runs"]
+    for run in runs:
+        command = " ".join(shlex.quote(a) for a in run.command(gpus, accelerate_config))
+        lines.append(f"  {action[run.state()]:<16} {run.task:<28} {run.variant:<22} seed {run.seed}\n      {command}")
+    return "\n".join(lines)
+
+
+def execute(runs: list[Run], gpus: int = 1, accelerate_config: str | None = None, log=print) -> list[Run]:
+    """Trains every run that is not finished, one after another; returns the runs that failed."""
+    failed = []
+    todo = [run for run in runs if run.state() != "finished"]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go")
+    for index, run in enumerate(todo, 1):
+        log(f"[{index}/{len(todo)}] {run.state()}: {run.task} {run.variant} seed {run.seed} -> {run.output_dir}")
+        start = time.perf_counter()
+        code = subprocess.call(run.command(gpus, accelerate_config), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        seconds = time.perf_counter() - start
+        if code != 0 or run.state() != "finished":
+            failed.append(run)
+            log(f"    failed (exit {code}) after {seconds:.0f} s; the grid goes on, rerun to retry it")
+        else:
+            log(f"    finished in {seconds:.0f} s")
+    return failed
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part for part in (text or "").replace(",", " ").split() if part] or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="goat-grid", description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="a table (table1 ... table8, small) or figure (fig4 ... fig7) name")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0, as the paper)")
+    parser.add_argument("--tasks", help="task patterns, e.g. 'vit/*,glue/cola'")
+    parser.add_argument("--methods", help="variant patterns, e.g. 'goat*,lora'")
+    parser.add_argument("--runs", default="runs", help="root directory of the runs (default runs)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder that {data} in the table stands for")
+    parser.add_argument("--gpus", type=int, default=1, help="processes per run; > 1 uses accelerate launch")
+    parser.add_argument("--accelerate-config", help="accelerate config file for --gpus > 1")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="an override added to every run (repeatable)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in _split(args.seeds) or ["0"]]
+    except ValueError:
+        parser.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+    try:
+        runs = expand(
+            args.name,
+            seeds,
+            Path(args.runs),
+            _split(args.tasks),
+            _split(args.methods),
+            Path(args.data),
+            extra=args.set,
+        )
+    except GridError as error:
+        print(f"goat-grid: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(runs, args.gpus, args.accelerate_config))
+        return 0
+    failed = execute(runs, args.gpus, args.accelerate_config)
+    if failed:
+        print(f"{len(failed)} runs failed: " + ", ".join(f"{r.task}/{r.variant}/seed{r.seed}" for r in failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

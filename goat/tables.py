@@ -1,0 +1,43 @@
+"""The paper's tables and figures as data (data/paper_results.yaml): where each cell's runs live.
+
+Shared by goat-grid (which runs the cells) and goat-report (which reads them back), so that both agree on
+one layout: <runs root>/<table's runs folder>/<task>/<variant>/seed<k>/results.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "paper_results.yaml"
+RESULTS_FILE = "results.json"  # what goat-train writes when a run finished
+
+
+def load_spec(path: Path | None = None) -> dict:
+    return yaml.safe_load(Path(path or SPEC_FILE).read_text())
+
+
+def cell_variant(row: str, column: dict) -> str:
+    """The variant a row runs under a column: Table 6's per-column learning rates add a suffix."""
+    return f"{row}_{column['suffix']}" if column.get("suffix") else row
+
+
+def leaf_columns(spec: dict, table_name: str, column: dict) -> list[tuple[str, dict]]:
+    """(table, column) pairs that hold runs: the column itself, or every column of the table it averages."""
+    if "mean_of" not in column:
+        return [(table_name, column)]
+    source = column["mean_of"]
+    return [leaf for inner in spec["tables"][source]["columns"] for leaf in leaf_columns(spec, source, inner)]
+
+
+def runs_folder(spec: dict, name: str, root: Path) -> Path:
+    """Where a table's or figure's runs live below the runs root (reproduce-small keeps its own folder)."""
+    figure = spec.get("figures", {}).get(name)
+    if figure is not None:  # a figure reads the runs of its table, if it names one
+        name = figure.get("table", "")
+    return Path(root) / spec["tables"].get(name, {}).get("runs", "")
+
+
+def run_dir(folder: Path, task: str, variant: str, seed: int) -> Path:
+    return Path(folder) / task / variant / f"seed{seed}"

@@ -1,0 +1,114 @@
+"""goat-grid: the runs of a paper table, filtered, printed, and run idempotently (finished skipped, partial resumed)."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+from conftest import tiny_run_overrides
+
+from goat import grid
+from goat.cli import compose
+from goat.tables import load_spec
+from goat.train import train
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec()
+
+
+def test_table1_expands_to_every_method_and_dataset(spec, tmp_path):
+    runs = grid.expand("table1", [0], tmp_path, spec=spec)
+    assert len(runs) == 12 * 7
+    cars_lora16 = next(r for r in runs if r.task == "vit/cars" and r.variant == "lora_r16")
+    assert cars_lora16.overrides == ("method=lora", "method.r=16", "method.lora_alpha=32")
+    assert cars_lora16.output_dir == tmp_path / "vit/cars/lora_r16/seed0"
+    args = cars_lora16.train_args()
+    assert args[0] == "task=vit/cars" and "variant=lora_r16" in args and args[-1] == "resume=auto"
+    command = cars_lora16.command(gpus=2)
+    assert command[:5] == ["accelerate", "launch", "--num_processes", "2", "--multi_gpu"]
+    assert command[5:7] == ["-m", "goat.cli"]
+    assert cars_lora16.command()[:3] == [sys.executable, "-m", "goat.cli"]
+
+
+def test_filters_seeds_and_shared_runs(spec, tmp_path):
+    runs = grid.expand("table1", [0, 1, 2], tmp_path, tasks=["vit/c*", "vit/dtd"], methods=["goat", "lora*"], spec=spec)
+    assert {r.task for r in runs} == {"vit/cars", "vit/dtd"}
+    assert {r.variant for r in runs} == {"goat", "lora", "lora_r16", "lora_r32"}
+    assert len(runs) == 2 * 4 * 3
+    # Table 8 needs GOAT-s on every task of Tables 1-4 (commonsense/all once for its 8 test sets) and GOAT's own
+    # runs, which are the same directories as Table 1's
+    table8 = grid.expand("table8", [0], tmp_path, spec=spec)
+    assert len(table8) == 2 * (3 + 7 + 7 + 1)
+    assert {r.output_dir for r in table8} >= {r.output_dir for r in runs if r.variant == "goat" and r.seed == 0}
+    # Table 6's learning-rate columns are variants of their own; its 2e-5 column is Table 2's run
+    table6 = {(r.variant, r.overrides[-1]) for r in grid.expand("table6", [0], tmp_path, methods=["goat*"], spec=spec)}
+    assert table6 == {("goat_lr1e-5", "trainer.lr=1e-5"), ("goat", "method=goat"), ("goat_lr5e-5", "trainer.lr=5e-5")}
+    assert all(r.variant != "full_ft_moe" for r in grid.expand("table7", [0], tmp_path, spec=spec))  # not_run
+
+
+def test_bad_names_and_filters_fail_with_one_line(spec, tmp_path, capsys):
+    with pytest.raises(grid.GridError, match="unknown table or figure 'table9'; choose one of table1"):
+        grid.expand("table9", [0], tmp_path, spec=spec)
+    with pytest.raises(grid.GridError, match="no run matches"):
+        grid.expand("table1", [0], tmp_path, methods=["gaot"], spec=spec)
+    with pytest.raises(grid.GridError, match="pass --data DIR"):
+        grid.expand("small", [0], tmp_path, data=tmp_path / "missing", spec=spec)
+    assert grid.main(["table4", "--methods", "nope", "--runs", str(tmp_path)]) == 2
+    assert "goat-grid: table4: no run matches" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path, capsys):
+    assert grid.main(["fig7", "--runs", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 runs") and "train" in out and "vit/cars" in out and "goat.cli task=vit/cars" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_grid_is_idempotent_and_resumes_a_half_finished_run(tiny_model_dir, keyword_data, tmp_path, monkeypatch):
+    """An interrupted run resumes from its checkpoint, a new one trains, and a second pass starts nothing."""
+    common = [
+        a for a in tiny_run_overrides(tiny_model_dir, keyword_data, "x") if not a.startswith(("output_dir", "task="))
+    ]
+    common = [a for a in common if not a.startswith("method")] + ["trainer.max_steps=8", "trainer.log_every_steps=1"]
+    spec = {
+        "variants": {"goat": ["method=goat", "method.r=32", "method.lora_alpha=64"], "lora": ["method=lora"]},
+        "tables": {
+            "t": {
+                "title": "t",
+                "columns": [{"name": "kw", "task": "text_files"}],
+                "rows": {"goat": None, "lora": None},
+                "overrides": common,
+            }
+        },
+    }
+    runs = grid.expand("t", [0], tmp_path, spec=spec)
+    goat_run, lora_run = runs
+    assert [r.state() for r in runs] == ["new", "new"]
+
+    def stop_at_3(trainer, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(compose(goat_run.train_args()), callbacks=[stop_at_3])["status"] == "interrupted"
+    assert goat_run.state() == "partial" and "resume" in grid.describe(runs)
+
+    log = []
+    assert grid.execute(runs, log=log.append) == []
+    assert [r.state() for r in runs] == ["finished", "finished"]
+    logged = [json.loads(line) for line in (goat_run.output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged if "train/loss" in r]
+    assert steps == list(range(1, 9))  # steps 1-3 before the stop, 4-8 after: resumed, not restarted
+    results = json.loads((goat_run.output_dir / "results.json").read_text())
+    assert results["variant"] == "goat" and results["steps"] == 8
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(grid.subprocess, "call", must_not_run)
+    again = []
+    assert grid.execute(runs, log=again.append) == []
+    assert again == ["2 of 2 runs already finished; 0 to go"]
+    assert lora_run.state() == "finished"
