@@ -67,8 +67,9 @@ def loss_curves(spec, root, figure, ax) -> bool:
     drawn = False
     for variant in figure["variants"]:
         run = first_seed_dir(folder, figure["task"], variant)
-        points = [(r["step"], r["train/loss"]) for r in read_metrics(run)] if run else []
-        points = [p for p in points if p[1] is not None]
+        points = (
+            [(r["step"], r["train/loss"]) for r in read_metrics(run) if r.get("train/loss") is not None] if run else []
+        )
         if points:
             steps, losses = zip(*points, strict=True)
             ax.plot(steps, losses, label=variant, linewidth=1.4 if variant.startswith("goat") else 1.0)

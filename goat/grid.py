@@ -13,8 +13,10 @@ import argparse
 import fnmatch
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,21 +151,76 @@ def describe(runs: list[Run], gpus: int = 1, accelerate_config: str | None = Non
     return "\n".join(lines)
 
 
-def execute(runs: list[Run], gpus: int = 1, accelerate_config: str | None = None, log=print) -> list[Run]:
-    """Trains every run that is not finished, one after another; returns the runs that failed."""
+def run_in_process(run: Run) -> str:
+    """One run in this Python process (no interpreter start and imports per run: small grids go 2-3x faster);
+    returns its status: finished, interrupted (SIGTERM: checkpoint saved) or failed."""
+    import logging
+
+    from goat.cli import compose
+    from goat.train import train
+
+    try:
+        return train(compose(run.train_args())).get("status", "failed")
+    except Exception:  # noqa: BLE001 - one broken run must not stop the grid; the traceback is logged
+        logging.getLogger(__name__).exception("%s %s seed %d failed", run.task, run.variant, run.seed)
+        return "failed"
+
+
+def run_subprocess(run: Run, gpus: int, accelerate_config: str | None, stop: dict) -> str:
+    """One run as its own goat-train process; a SIGTERM to the grid is passed on to it (it saves and exits 0)."""
+    child = subprocess.Popen(run.command(gpus, accelerate_config), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    stop["child"] = child
+    try:
+        code = child.wait()
+    finally:
+        stop["child"] = None
+    if run.state() == "finished":
+        return "finished"
+    return "interrupted" if code == 0 or stop["requested"] else "failed"
+
+
+def execute(
+    runs: list[Run], gpus: int = 1, accelerate_config: str | None = None, log=print, in_process: bool = False
+) -> list[Run]:
+    """Trains every run that is not finished, one after another; returns the runs that failed or were stopped.
+
+    A run that fails is logged and the grid goes on. SIGTERM (a job scheduler, `timeout`) stops the grid: the
+    run in progress saves a checkpoint, no further run starts, and the same command later resumes it."""
+    stop = {"requested": False, "child": None}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+        if stop["child"] is not None:
+            stop["child"].send_signal(signal.SIGTERM)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, request_stop) if main_thread else None
     failed = []
     todo = [run for run in runs if run.state() != "finished"]
     log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go")
-    for index, run in enumerate(todo, 1):
-        log(f"[{index}/{len(todo)}] {run.state()}: {run.task} {run.variant} seed {run.seed} -> {run.output_dir}")
-        start = time.perf_counter()
-        code = subprocess.call(run.command(gpus, accelerate_config), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        seconds = time.perf_counter() - start
-        if code != 0 or run.state() != "finished":
+    try:
+        for index, run in enumerate(todo, 1):
+            log(f"[{index}/{len(todo)}] {run.state()}: {run.task} {run.variant} seed {run.seed} -> {run.output_dir}")
+            start = time.perf_counter()
+            if in_process:
+                status = run_in_process(run)
+            else:
+                status = run_subprocess(run, gpus, accelerate_config, stop)
+            seconds = time.perf_counter() - start
+            if status == "finished":
+                log(f"    finished in {seconds:.0f} s")
+                if stop["requested"]:
+                    log("    SIGTERM: no further run starts; rerun the command to continue the grid")
+                    break
+                continue
             failed.append(run)
-            log(f"    failed (exit {code}) after {seconds:.0f} s; the grid goes on, rerun to retry it")
-        else:
-            log(f"    finished in {seconds:.0f} s")
+            if status == "interrupted" or stop["requested"]:
+                log(f"    stopped by SIGTERM after {seconds:.0f} s (checkpoint saved); rerun the command to resume")
+                break
+            log(f"    failed after {seconds:.0f} s; the grid goes on, rerun to retry it")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return failed
 
 
@@ -183,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerate-config", help="accelerate config file for --gpus > 1")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="an override added to every run (repeatable)"
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="train every run in this process (one GPU or CPU; faster small grids)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the grid and exit")
     args = parser.parse_args(argv)
@@ -206,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe(runs, args.gpus, args.accelerate_config))
         return 0
-    failed = execute(runs, args.gpus, args.accelerate_config)
+    if args.in_process and args.gpus > 1:
+        parser.error("--in-process runs on one device; drop it for --gpus > 1")
+    failed = execute(runs, args.gpus, args.accelerate_config, in_process=args.in_process)
     if failed:
         print(f"{len(failed)} runs failed: " + ", ".join(f"{r.task}/{r.variant}/seed{r.seed}" for r in failed))
         return 1

@@ -107,8 +107,33 @@ def test_grid_is_idempotent_and_resumes_a_half_finished_run(tiny_model_dir, keyw
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was started again")
 
-    monkeypatch.setattr(grid.subprocess, "call", must_not_run)
+    monkeypatch.setattr(grid.subprocess, "Popen", must_not_run)
     again = []
     assert grid.execute(runs, log=again.append) == []
     assert again == ["2 of 2 runs already finished; 0 to go"]
     assert lora_run.state() == "finished"
+
+
+def test_sigterm_stops_the_grid_and_a_failed_run_does_not(spec, tmp_path, monkeypatch):
+    """A failed run is logged and the grid goes on; an interrupted one (SIGTERM: checkpoint saved) ends the grid."""
+    runs = grid.expand(
+        "table4", [0], tmp_path, methods=["goat"], tasks=["glue/cola", "glue/sst2", "glue/mrpc"], spec=spec
+    )
+    started = []
+    outcomes = iter(["failed", "interrupted", "finished"])
+
+    def fake_run(run):
+        started.append(run.task)
+        return next(outcomes)
+
+    monkeypatch.setattr(grid, "run_in_process", fake_run)
+    log = []
+    assert grid.execute(runs, in_process=True, log=log.append) == runs[:2]
+    assert started == ["glue/cola", "glue/sst2"]  # mrpc never started
+    assert "failed after" in log[2] and "stopped by SIGTERM" in log[4]
+
+
+def test_in_process_run_with_a_bad_config_fails_without_stopping(tmp_path):
+    run = grid.Run("offline/rotten_tomatoes", "goat", 0, ("method=goat", "method.top_k=99"), tmp_path / "bad")
+    assert grid.run_in_process(run) == "failed"
+    assert run.state() == "new"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from goat.tasks.base import DataUnavailableError
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate
-from goat.tasks.records import read_records, seeded_subset, training_records
+from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 REFUSALS = ("sorry", "as an ai")
 
@@ -50,7 +50,9 @@ def load_chat(cfg, seed: int) -> ChatTask:
         raise DataUnavailableError(
             "MT-Bench needs task.data_dir=DIR holding question.jsonl (FastChat's MT-Bench questions)"
         )
-    questions = seeded_subset(read_records(Path(cfg.data_dir) / "question.jsonl"), cfg.max_eval_samples, seed + 1)
+    questions = seeded_subset(
+        read_records(Path(cfg.data_dir) / "question.jsonl"), cfg.max_eval_samples, EVAL_SUBSET_SEED
+    )
     return ChatTask(
         cfg.name,
         train,

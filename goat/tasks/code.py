@@ -13,7 +13,7 @@ from __future__ import annotations
 from goat.evaluators.sandbox import check_humaneval, humaneval_postprocess
 from goat.tasks.base import InstructionTask
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
-from goat.tasks.records import seeded_subset, training_records
+from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset, training_records
 
 # After LoRA-GA's HumanEval prompt: the model is asked for the whole function, in 4-space indentation.
 HUMANEVAL_NOTES = (
@@ -45,7 +45,7 @@ def load_code(cfg, seed: int) -> InstructionTask:
         answer = first_code_block(row["answer"])
         if answer is not None:
             pairs.append({"prompt": alpaca_prompt(row["query"]), "response": answer})
-    problems = seeded_subset(list(read_problems().values()), cfg.max_eval_samples, seed + 1)
+    problems = seeded_subset(list(read_problems().values()), cfg.max_eval_samples, EVAL_SUBSET_SEED)
     eval_set = [{"prompt": humaneval_prompt(problem["prompt"]), "answer": problem} for problem in problems]
     train = seeded_subset(pairs, cfg.max_train_samples, seed)
     return InstructionTask(

@@ -13,7 +13,7 @@ from pathlib import Path
 from goat.evaluators.answers import extract_commonsense_answer
 from goat.tasks.base import DataUnavailableError, InstructionTask
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
-from goat.tasks.records import read_records, seeded_subset, training_records
+from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 # task name -> folder of the LLM-Adapters layout
 TEST_SETS = {
@@ -45,7 +45,7 @@ def load_commonsense(cfg, seed: int) -> InstructionTask:
         records = read_records(Path(cfg.data_dir) / TEST_SETS[name] / "test.json")
         eval_sets[name] = [
             {"prompt": alpaca_prompt(r["instruction"], r.get("input", "")), "answer": r["answer"]}
-            for r in seeded_subset(records, cfg.max_eval_samples, seed + 1 + offset)
+            for r in seeded_subset(records, cfg.max_eval_samples, EVAL_SUBSET_SEED + offset)
         ]
     main = f"{cfg.eval_sets[0]}/accuracy" if len(eval_sets) == 1 else "average/accuracy"
     return InstructionTask(

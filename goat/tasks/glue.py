@@ -28,6 +28,7 @@ import numpy as np
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, hub_offline_unless_reachable
+from goat.tasks.records import EVAL_SUBSET_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +153,19 @@ RawSplit = tuple[list[tuple[str, ...]], list]
 def load_glue(cfg, seed: int) -> TextTask:
     """The GLUE task named by `cfg.subset` (or the last part of `cfg.name`), from the hub or `cfg.data_dir`.
 
-    `cfg.max_train_samples` / `cfg.max_eval_samples` keep a random subset of each split, drawn with `seed`.
+    `cfg.max_train_samples` / `cfg.max_eval_samples` keep a random subset of each split, drawn with `seed`
+    (training) or the fixed EVAL_SUBSET_SEED (evaluation: the same examples for every seed).
     """
     key = _task_key(cfg)
     spec = GLUE_TASKS[key]
     raw = _read_local(cfg.data_dir, key, spec) if cfg.data_dir else _read_hub(cfg, key, spec)
     prefix = cfg.prefix or spec.prefix
-    splits = {split: _to_dataset(raw[split], prefix, _sample_limit(cfg, split), seed) for split in raw}
+    splits = {
+        split: _to_dataset(
+            raw[split], prefix, _sample_limit(cfg, split), seed if split == "train" else EVAL_SUBSET_SEED
+        )
+        for split in raw
+    }
     compute_metrics = functools.partial(_score, spec.metrics)
     task = TextTask(
         name=cfg.name,

@@ -16,7 +16,7 @@ from pathlib import Path
 from goat.evaluators.answers import extract_gsm8k_answer, gsm8k_gold, numbers_equal
 from goat.tasks.base import DataUnavailableError, InstructionTask
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
-from goat.tasks.records import read_records, seeded_subset, training_records
+from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 TEST_FILES = ("gsm8k_official/test.jsonl", "gsm8k/test.jsonl", "test.jsonl")
 
@@ -45,7 +45,7 @@ def _test_rows(cfg) -> list[dict]:
 
 def load_math(cfg, seed: int) -> InstructionTask:
     train = _training_pairs(seeded_subset(training_records(cfg), cfg.max_train_samples, seed))
-    tests = seeded_subset(_test_rows(cfg), cfg.max_eval_samples, seed + 1)
+    tests = seeded_subset(_test_rows(cfg), cfg.max_eval_samples, EVAL_SUBSET_SEED)
     eval_set = [{"prompt": alpaca_prompt(row["question"]), "answer": gsm8k_gold(row["answer"])} for row in tests]
     return InstructionTask(
         cfg.name,

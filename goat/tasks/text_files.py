@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
+from goat.tasks.records import EVAL_SUBSET_SEED
 
 SPLITS = ("train", "validation")
 
@@ -52,7 +53,7 @@ def load_text_files(cfg, seed: int) -> TextTask:
             f"{root} lacks {', '.join(missing)}: task.data_dir must hold train.jsonl and validation.jsonl"
         )
     train = _subset(_read(root / "train.jsonl"), cfg.max_train_samples, seed)
-    validation = _subset(_read(root / "validation.jsonl"), cfg.max_eval_samples, seed + 1)
+    validation = _subset(_read(root / "validation.jsonl"), cfg.max_eval_samples, EVAL_SUBSET_SEED)
     for columns in (train, validation):
         columns["text"] = [cfg.prefix + text for text in columns["text"]]
     regression = cfg.subset == "regression"

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
-from goat.tasks.records import seeded_subset
+from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -196,7 +196,7 @@ def load_vision(cfg, seed: int) -> ImageTask:
     test_rows = list(data["test"])
     splits = {
         "train": seeded_subset(train_rows, cfg.max_train_samples, seed),
-        "validation": seeded_subset(validation_rows, cfg.max_eval_samples, seed + 1),
+        "validation": seeded_subset(validation_rows, cfg.max_eval_samples, EVAL_SUBSET_SEED),
         "test": seeded_subset(test_rows, cfg.max_eval_samples, seed + 2),
     }
     num_labels = int(max(int(r["label"]) for r in train_rows + test_rows)) + 1
