@@ -118,8 +118,10 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     lines = [f"## {table['title']}", ""]
     if table.get("note"):
         lines += [table["note"], ""]
+    with_paper = any(cell.paper is not None for row_cells in cells.values() for cell in row_cells)
+    legend = "ours / paper (ours − paper)" if with_paper else "ours (no paper numbers)"
     lines += [
-        "Each cell: ours / paper (ours − paper); ours is mean ± std over seeds when several ran; — : no finished run.",
+        f"Each cell: {legend}; ours is mean ± std over seeds when several ran; — : no finished run.",
         "",
         "| method | " + " | ".join(names) + " | seeds |",
         "|---|" + "---|" * (len(names) + 1),
@@ -128,6 +130,9 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     for row, row_cells in cells.items():
         parts = []
         for cell in row_cells:
+            if not with_paper:
+                parts.append(cell.ours() or "—")
+                continue
             paper = "" if cell.paper is None else f"{cell.paper:.2f}"
             diff = "" if cell.diff is None else f" ({cell.diff:+.2f})"
             parts.append(f"{cell.ours() or '—'} / {paper}{diff}")
