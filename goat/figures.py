@@ -14,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
-from goat.report import finished_runs, metric_value
+from goat.report import finished_runs, leaf_cell
 from goat.tables import run_dir, runs_folder
 
 
@@ -46,20 +46,10 @@ def first_seed_dir(folder: Path, task: str, variant: str) -> Path | None:
 
 
 def table_average(spec: dict, root: Path, table_name: str, variant: str) -> float | None:
-    """Mean over the table's tasks of the seed means of one variant; None unless every task has a run."""
-    table = spec["tables"][table_name]
-    folder = runs_folder(spec, table_name, root)
-    means = []
-    for column in table["columns"]:
-        values = [
-            metric_value(r, column.get("key"), table.get("metric"))
-            for r in finished_runs(folder, column["task"], variant)
-        ]
-        values = [v for v in values if v is not None]
-        if not values:
-            return None
-        means.append(statistics.mean(values))
-    return statistics.mean(means)
+    """Mean over the table's columns of one variant's seed means; None unless every column has a run."""
+    columns = spec["tables"][table_name]["columns"]
+    means = [leaf_cell(spec, root, table_name, column, variant).mean for column in columns]
+    return None if None in means else statistics.mean(means)
 
 
 def loss_curves(spec, root, figure, ax) -> bool:

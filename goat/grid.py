@@ -62,7 +62,7 @@ class Run:
         return [*launch, "-m", "goat.cli", *self.train_args()]
 
 
-def table_cells(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
+def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     """(task, variant, overrides without the seed) of every runnable cell; averaged columns expand to the
     cells of the table they average, for this table's rows (Table 8: GOAT-s on every task of Tables 1-4)."""
     table = spec["tables"][name]
@@ -81,7 +81,7 @@ def table_cells(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     return cells
 
 
-def figure_cells(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
+def figure_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     figure = spec["figures"][name]
     if figure["kind"] in ("loss_curves", "expert_load"):
         variants = figure.get("variants") or [figure["variant"]]
@@ -110,9 +110,9 @@ def expand(
     `extra` overrides are added to every run (a larger reproduce-small on a GPU: keep those in their own --runs)."""
     spec = spec or load_spec()
     if name in spec["tables"]:
-        cells = table_cells(spec, name)
+        cells = table_grid(spec, name)
     elif name in spec.get("figures", {}):
-        cells = figure_cells(spec, name)
+        cells = figure_grid(spec, name)
     else:
         known = [*spec["tables"], *spec.get("figures", {})]
         raise GridError(f"unknown table or figure {name!r}; choose one of {', '.join(known)}")
