@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from goat.adapters import apply_adapter, method_config, save_adapter, validate
-from goat.checkpoint import list_checkpoints
+from goat.checkpoint import list_checkpoints, newest_intact_checkpoint
 from goat.config import adapter_overrides
 from goat.evaluate import evaluate
 from goat.schedule import SCHEDULES
@@ -96,7 +96,15 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
                 f"{run_dir} already holds a finished run ({RESULTS}); nothing to resume. Choose another "
                 f"output_dir=..., or overwrite=true to keep it aside as {run_dir.name}.old-* and train again"
             )
-        return run_dir, checkpoints[-1] if checkpoints else None
+        if not checkpoints:
+            return run_dir, None
+        intact = newest_intact_checkpoint(run_dir)
+        if intact is None:
+            raise ConfigError(
+                f"none of the {len(checkpoints)} checkpoints in {run_dir / 'checkpoints'} is intact (see the warnings "
+                "above): start over with overwrite=true instead of resume=auto (the directory is kept aside as .old-*)"
+            )
+        return run_dir, intact
     if cfg.resume != "never":
         return run_dir, Path(cfg.resume)
     if finished or checkpoints:
