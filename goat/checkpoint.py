@@ -64,7 +64,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, position
     root = Path(root) / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = final.with_name(final.name + TMP_SUFFIX)
-    shutil.rmtree(partial, ignore_errors=True)
+    for stale in root.glob(f"step-*{TMP_SUFFIX}"):  # left by a process killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
         save_file(trainable_state(model), str(partial / "trainable.safetensors"))

@@ -13,6 +13,8 @@ class MetricsLog:
     def __init__(self, run_dir: Path, accelerator, logger_cfg, config: dict):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.accelerator = accelerator
+        if accelerator.is_main_process:
+            drop_partial_last_line(self.path)
         self.trackers = logger_cfg.backend != "none"
         if logger_cfg.backend not in ("wandb", "none"):
             raise ValueError(f"logger.backend={logger_cfg.backend!r} is unknown; valid: wandb, none")
@@ -46,3 +48,14 @@ def _plain(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """A process killed mid-write leaves a line without its newline; cut it so that appending stays valid JSONL."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as handle:
+        handle.truncate(data.rfind(b"\n") + 1)
