@@ -96,9 +96,11 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     show = "--cfg" in argv
     argv = [a for a in argv if a != "--cfg"]
+    from goat.checkpoint import CheckpointError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError
     from goat.train import ConfigError, train
+    from goat.trainer import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
     try:
@@ -110,6 +112,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (OverrideError, ConfigError, DataUnavailableError, ModelUnavailableError) as error:
         print(f"goat-train: {error}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, CheckpointError) as error:
+        print(f"goat-train: {error}", file=sys.stderr)
+        return 1
     if results.get("status") == "finished":
         print(results_table(results))
     return 0 if results.get("status") in ("finished", "interrupted") else 1

@@ -66,6 +66,9 @@ class TrainerConfig:
     eval_every_steps: int | None = None  # besides the end of every epoch
     save_every_steps: int | None = None  # besides the end of training
     keep_last: int = 2  # step checkpoints kept in the run directory
+    # A NaN or inf loss or gradient: stop (end the run with the step and the router statistics logged; the
+    # last checkpoint stays) or skip (drop that optimizer step, count it in train/skipped_steps, go on).
+    on_nonfinite: str = "stop"
     log_every_steps: int = 10
     seed: int = 0
     num_workers: int = 0

@@ -44,6 +44,8 @@ def check_config(cfg, num_processes: int = 1):
         raise ConfigError(f"task.loader={cfg.task.loader!r} is unknown; valid loaders: {', '.join(sorted(LOADERS))}")
     if cfg.model.image_head not in ("patch_mean", "zero_shot"):
         raise ConfigError(f"model.image_head={cfg.model.image_head!r} is unknown; valid: patch_mean, zero_shot")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"trainer.on_nonfinite={t.on_nonfinite!r} is unknown; valid: stop, skip")
     if cfg.task.decoding not in DECODINGS:
         raise ConfigError(f"task.decoding={cfg.task.decoding!r} is unknown; valid: {', '.join(DECODINGS)}")
     if cfg.task.num_samples < 1 or (cfg.task.num_samples > 1 and cfg.task.decoding != "sample"):

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goat.adapters import auxiliary_loss, expert_load
-from goat.checkpoint import load_checkpoint, save_checkpoint
+from goat.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from goat.schedule import make_scheduler
 
 
@@ -56,6 +56,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.t.scheduler, warmup, self.total_steps)
         self.state = TrainState()
         self.stop_requested = False
+        self.skipped_steps = 0
 
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
@@ -124,18 +125,21 @@ class Trainer:
                 last_of_epoch = self.state.batches_in_epoch == batches
                 if len(group) < self.accumulation and not last_of_epoch:
                     continue
-                self._optimizer_step(group, window)
+                stepped = self._optimizer_step(group, window)
                 group = []
                 if last_of_epoch:
                     self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
-                self._after_step(bar, window, epoch_end=last_of_epoch)
+                if stepped:
+                    self._after_step(bar, window, epoch_end=last_of_epoch)
                 if self.state.step >= self.total_steps or self.stop_requested:
                     break
         self.save()
         if self.stop_requested:
             self.log.log({"status": "interrupted"}, self.state.step)
 
-    def _optimizer_step(self, group: list, window) -> None:
+    def _optimizer_step(self, group: list, window) -> bool:
+        """One optimizer step over the micro-batches of `group`; False when a non-finite step was skipped."""
+        records = []
         for index, batch in enumerate(group):
             sync = index == len(group) - 1
             context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
@@ -144,13 +148,58 @@ class Trainer:
                 balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
                 loss = output.loss if balance is None else output.loss + balance
                 self.accelerator.backward(loss / len(group))
-            window.add(output.loss.detach(), balance, batch)
-        if self.t.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.params, self.t.max_grad_norm)
+            records.append((output.loss.detach(), balance, batch, loss.detach()))
+        norm = self.accelerator.clip_grad_norm_(self.params, self.t.max_grad_norm) if self.t.max_grad_norm else None
+        if not self._finite([r[3] for r in records], norm):
+            self._nonfinite([r[3] for r in records], norm)  # raises unless trainer.on_nonfinite=skip
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        for task_loss, balance, batch, _ in records:
+            window.add(task_loss, balance, batch)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
+        return True
+
+    def _finite(self, losses: list, norm) -> bool:
+        """Whether every loss and the gradient norm are finite, on every process (they must agree to skip)."""
+        bad = sum(int(not torch.isfinite(loss).all()) for loss in losses)
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            bad += 1
+        flag = torch.tensor([float(bad)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(flag, reduction="sum").item()) == 0.0
+
+    def _nonfinite(self, losses: list, norm) -> None:
+        step = self.state.step + 1
+        model = self.accelerator.unwrap_model(self.model)
+        losses = [float(loss) for loss in losses]
+        grad_norm = None if norm is None else float(norm)
+        # the router statistics of the failing forward pass (expert load per layer), for the post-mortem
+        self.log.log(
+            {
+                "status": "nonfinite",
+                "nonfinite/losses": losses,
+                "nonfinite/grad_norm": grad_norm,
+                **_load_summary(model),
+            },
+            step,
+        )
+        if self.t.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.log.log({"train/skipped_steps": self.skipped_steps}, step)
+            return
+        kept = list_checkpoints(self.run_dir)
+        raise NonFiniteLossError(
+            f"the loss or gradient is not finite at step {step} (losses {losses}, gradient norm {grad_norm}); "
+            "its router statistics are in metrics.jsonl; "
+            + (
+                f"the last checkpoint, {kept[-1].name}, is kept (resume=auto continues from it)"
+                if kept
+                else "no checkpoint was saved yet"
+            )
+            + ". Lower trainer.lr, prefer bf16 to fp16, or set trainer.on_nonfinite=skip to drop such steps"
+        )
 
     def _after_step(self, bar, window, epoch_end: bool) -> None:
         step = self.state.step
@@ -187,6 +236,10 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         """SIGTERM: finish the current optimizer step, save a checkpoint, and return."""
         self.stop_requested = True
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or inf loss or gradient with trainer.on_nonfinite=stop."""
 
 
 class _Window:
