@@ -100,6 +100,7 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
             )
         if not checkpoints:
             return run_dir, None
+        check_same_run(cfg, run_dir)
         intact = newest_intact_checkpoint(run_dir)
         if intact is None:
             raise ConfigError(
@@ -108,6 +109,7 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
             )
         return run_dir, intact
     if cfg.resume != "never":
+        check_same_run(cfg, Path(cfg.resume).parent.parent)
         return run_dir, Path(cfg.resume)
     if finished or checkpoints:
         if not cfg.overwrite:
@@ -124,6 +126,35 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
         shutil.move(str(run_dir), aside)  # never deleted: a finished result stays on disk
         logger.warning("moved the previous run to %s", aside)
     return run_dir, None
+
+
+RESUME_MUST_MATCH = ("task.name", "model.name_or_path", "method")
+
+
+def check_same_run(cfg, run_dir: Path) -> None:
+    """Resuming continues the same training: the task, the model and every method setting must be those of the
+    run that wrote the checkpoint (its config.yaml), checked before anything loads."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = OmegaConf.load(saved_path)
+    current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in RESUME_MUST_MATCH:
+        before, now = OmegaConf.select(saved, key), OmegaConf.select(current, key)
+        if before != now:
+            if key == "method":
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                detail = ", ".join(f"method.{k}: {_shown(before.get(k))} -> {_shown(now.get(k))}" for k in changed)
+            else:
+                detail = f"{key}: {before!r} -> {now!r}"
+            raise ConfigError(
+                f"cannot resume {run_dir}: its checkpoints come from another setting ({detail}); resume with the "
+                "run's own settings (its config.yaml), or train the new setting in another output_dir=..."
+            )
+
+
+def _shown(value) -> str:
+    return "the method default" if value is None else repr(value)
 
 
 def write_run_info(run_dir: Path, cfg) -> None:

@@ -98,3 +98,28 @@ def test_optimizer_state_loads_without_pickle(tiny_model_dir, keyword_data, tmp_
     run(tiny_model_dir, keyword_data, out, "trainer.max_steps=4")
     state = torch.load(checkpoint.list_checkpoints(out)[-1] / "state.pt", weights_only=True)
     assert set(state) == {"optimizer", "scheduler", "rng"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("method=lora", r"method.method: 'goat' -> 'lora'"),
+        ("method.num_experts=4", r"method.num_experts: the method default -> 4"),
+        ("task.name=other", r"task.name: 'text_files' -> 'other'"),
+    ],
+)
+def test_resume_with_another_method_or_task_fails_before_loading(
+    tiny_model_dir, keyword_data, tmp_path, change, message
+):
+    out = tmp_path / "run"
+    run(tiny_model_dir, keyword_data, out, callbacks=[stop_at(5)])
+    with pytest.raises(ConfigError, match=f"cannot resume .*{message}"):
+        run(tiny_model_dir, keyword_data, out, "resume=auto", change)
+    with pytest.raises(ConfigError, match="cannot resume"):
+        run(
+            tiny_model_dir,
+            keyword_data,
+            tmp_path / "elsewhere",
+            f"resume={checkpoint.list_checkpoints(out)[-1]}",
+            change,
+        )
