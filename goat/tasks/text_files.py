@@ -20,17 +20,34 @@ from goat.tasks.records import EVAL_SUBSET_SEED
 SPLITS = ("train", "validation")
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, regression: bool) -> dict:
+    """The rows of one JSONL file, each checked; a bad line is named by file and number."""
     texts, labels = [], []
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "text" not in row or "label" not in row:
-                raise ValueError(f"{path}:{number}: each line needs the keys 'text' and 'label'")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataUnavailableError(
+                    f"{path}:{number}: not valid JSON ({error.msg}); one JSON object per line"
+                ) from None
+            if not isinstance(row, dict) or "text" not in row or "label" not in row:
+                raise DataUnavailableError(f"{path}:{number}: each line needs the keys 'text' and 'label'")
+            label = row["label"]
+            wanted = (int, float) if regression else int
+            if isinstance(label, bool) or not isinstance(label, wanted) or (not regression and label < 0):
+                kind = "a number (task.subset=regression)" if regression else "a class id 0, 1, 2, ... (an integer)"
+                raise DataUnavailableError(f"{path}:{number}: label {label!r} must be {kind}")
+            if not isinstance(row["text"], str):
+                raise DataUnavailableError(f"{path}:{number}: text must be a string, got {type(row['text']).__name__}")
             texts.append(row["text"])
-            labels.append(row["label"])
+            labels.append(label)
+    if not texts:
+        raise DataUnavailableError(
+            f'{path} holds no rows; write one JSON object per line: {{"text": ..., "label": ...}}'
+        )
     return {"text": texts, "label": labels}
 
 
@@ -52,11 +69,15 @@ def load_text_files(cfg, seed: int) -> TextTask:
         raise DataUnavailableError(
             f"{root} lacks {', '.join(missing)}: task.data_dir must hold train.jsonl and validation.jsonl"
         )
-    train = _subset(_read(root / "train.jsonl"), cfg.max_train_samples, seed)
-    validation = _subset(_read(root / "validation.jsonl"), cfg.max_eval_samples, EVAL_SUBSET_SEED)
+    regression = cfg.subset == "regression"
+    for name in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(cfg, name)
+        if limit is not None and limit < 1:
+            raise DataUnavailableError(f"task.{name}={limit} keeps no rows; give a positive number, or null for all")
+    train = _subset(_read(root / "train.jsonl", regression), cfg.max_train_samples, seed)
+    validation = _subset(_read(root / "validation.jsonl", regression), cfg.max_eval_samples, EVAL_SUBSET_SEED)
     for columns in (train, validation):
         columns["text"] = [cfg.prefix + text for text in columns["text"]]
-    regression = cfg.subset == "regression"
     splits = {"train": Dataset.from_dict(train), "validation": Dataset.from_dict(validation)}
     if regression:
         return TextTask(cfg.name, splits, ["validation"], 1, _regression_metrics, "pearson")
