@@ -83,8 +83,19 @@ def compose(overrides: list[str]):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        message = " ".join(str(error).split())
-        raise OverrideError(message) from None
+        raise OverrideError(_one_line(error)) from None
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra's message, or for a value of the wrong type the key, the value and the type it needs."""
+    from omegaconf.errors import ValidationError
+
+    cause = error.__cause__
+    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        message = str(cause.msg).splitlines()[0]
+        wanted = message.rsplit("converted to ", 1)[1].lower() if "converted to " in message else None
+        return f"{cause.full_key}: {message}" + (f"; give a value of type {wanted}" if wanted else "")
+    return " ".join(str(error).split())
 
 
 def train_main(argv: list[str] | None = None) -> int:

@@ -19,72 +19,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from goat.adapters import apply_adapter, method_config, save_adapter, validate
+from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint
-from goat.config import adapter_overrides
+from goat.checks import ConfigError, check_config, check_model, check_output_dir, check_same_run
 from goat.evaluate import evaluate
-from goat.schedule import SCHEDULES
-from goat.tasks import LOADERS, load_task
+from goat.tasks import load_task
 from goat.tasks.classification import TokenizedSplit, eval_loader, train_loader
 
 logger = logging.getLogger("goat")
-DECODINGS = ("greedy", "paper", "sample")  # goat.tasks.instruction.DECODINGS, without importing torch here
-MIXED_PRECISION = ("no", "fp16", "bf16")
 RESULTS = "results.json"
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says which key and what to do."""
-
-
-def check_config(cfg, num_processes: int = 1):
-    """Checks that need neither data nor weights; returns the adapter config of the method."""
-    t = cfg.trainer
-    if cfg.task.loader not in LOADERS:
-        raise ConfigError(f"task.loader={cfg.task.loader!r} is unknown; valid loaders: {', '.join(sorted(LOADERS))}")
-    if cfg.model.image_head not in ("patch_mean", "zero_shot"):
-        raise ConfigError(f"model.image_head={cfg.model.image_head!r} is unknown; valid: patch_mean, zero_shot")
-    if t.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"trainer.on_nonfinite={t.on_nonfinite!r} is unknown; valid: stop, skip")
-    if cfg.task.decoding not in DECODINGS:
-        raise ConfigError(f"task.decoding={cfg.task.decoding!r} is unknown; valid: {', '.join(DECODINGS)}")
-    if cfg.task.num_samples < 1 or (cfg.task.num_samples > 1 and cfg.task.decoding != "sample"):
-        raise ConfigError(
-            f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
-            "(identical greedy samples would overstate pass@k)"
-        )
-    if t.scheduler not in SCHEDULES:
-        raise ConfigError(f"trainer.scheduler={t.scheduler!r} is unknown; valid: {', '.join(SCHEDULES)}")
-    if t.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(
-            f"trainer.mixed_precision={t.mixed_precision!r} is unknown; valid: {', '.join(MIXED_PRECISION)}"
-        )
-    per_step = t.micro_batch_size * num_processes
-    if t.batch_size < per_step or t.batch_size % per_step:
-        raise ConfigError(
-            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.micro_batch_size x devices "
-            f"= {t.micro_batch_size} x {num_processes}; change one of them"
-        )
-    if t.max_steps is None and t.epochs <= 0:
-        raise ConfigError("trainer.epochs must be > 0 (or set trainer.max_steps)")
-    if cfg.resume not in ("never", "auto") and not Path(cfg.resume).is_dir():
-        raise ConfigError(f"resume={cfg.resume!r}: expected never, auto, or an existing checkpoint directory")
-    try:
-        adapter_cfg = method_config(cfg.method.method, **adapter_overrides(cfg.method))
-        validate(adapter_cfg)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"method: {error}") from None
-    return adapter_cfg
-
-
-def check_rank_fits(adapter_cfg, model_config) -> None:
-    """The total rank must not exceed the smallest adapted dimension (checked on the config, before the weights)."""
-    dims = [getattr(model_config, key) for key in ("hidden_size", "intermediate_size") if hasattr(model_config, key)]
-    if dims and adapter_cfg.method not in ("full_ft", "full_ft_moe") and adapter_cfg.r > min(dims):
-        raise ConfigError(
-            f"method.r={adapter_cfg.r} exceeds the model's smallest layer width {min(dims)}; "
-            f"use method.r <= {min(dims)}"
-        )
 
 
 def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
@@ -128,35 +71,6 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
-RESUME_MUST_MATCH = ("task.name", "model.name_or_path", "method")
-
-
-def check_same_run(cfg, run_dir: Path) -> None:
-    """Resuming continues the same training: the task, the model and every method setting must be those of the
-    run that wrote the checkpoint (its config.yaml), checked before anything loads."""
-    saved_path = Path(run_dir) / "config.yaml"
-    if not saved_path.exists():
-        return
-    saved = OmegaConf.load(saved_path)
-    current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in RESUME_MUST_MATCH:
-        before, now = OmegaConf.select(saved, key), OmegaConf.select(current, key)
-        if before != now:
-            if key == "method":
-                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-                detail = ", ".join(f"method.{k}: {_shown(before.get(k))} -> {_shown(now.get(k))}" for k in changed)
-            else:
-                detail = f"{key}: {before!r} -> {now!r}"
-            raise ConfigError(
-                f"cannot resume {run_dir}: its checkpoints come from another setting ({detail}); resume with the "
-                "run's own settings (its config.yaml), or train the new setting in another output_dir=..."
-            )
-
-
-def _shown(value) -> str:
-    return "the method default" if value is None else repr(value)
-
-
 def write_run_info(run_dir: Path, cfg) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -182,6 +96,8 @@ def train(cfg, callbacks=()) -> dict:
 
     t = cfg.trainer
     adapter_cfg = check_config(cfg, PartialState(cpu=t.cpu).num_processes)
+    check_output_dir(cfg.output_dir)
+    check_model(adapter_cfg, cfg.model, load_config(cfg.model))
     run_dir, resume_checkpoint = prepare_run_dir(cfg)
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision, cpu=t.cpu, log_with="wandb" if cfg.logger.backend == "wandb" else None
@@ -189,7 +105,6 @@ def train(cfg, callbacks=()) -> dict:
     set_seed(t.seed)
     task = load_task(cfg.task, t.seed)
     num_labels = getattr(task, "num_labels", None)  # None for instruction tasks (causal LMs)
-    check_rank_fits(adapter_cfg, load_config(cfg.model, num_labels))
     if accelerator.is_main_process:
         write_run_info(run_dir, cfg)
     accelerator.wait_for_everyone()

@@ -1,0 +1,152 @@
+"""Everything that can be wrong with a run's config, found before any data or weights are loaded.
+
+Each check raises ConfigError with one message that names the key, what is wrong and what to do.
+The order in goat.train: check_config (the config alone), check_output_dir (the file system),
+check_model (the model's config.json and a weightless skeleton of the model), check_same_run (resuming).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from goat.adapters import method_config, validate
+from goat.config import adapter_overrides
+from goat.schedule import SCHEDULES
+from goat.tasks import LOADERS
+
+DECODINGS = ("greedy", "paper", "sample")  # goat.tasks.instruction.DECODINGS
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LOGGER_BACKENDS = ("wandb", "none")
+RESUME_MUST_MATCH = ("task.name", "model.name_or_path", "method")
+FULL_FINE_TUNING = ("full_ft", "full_ft_moe")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message says which key and what to do."""
+
+
+def _one_of(key: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is unknown; valid: {', '.join(valid)}")
+
+
+def check_config(cfg, num_processes: int = 1):
+    """Checks that need neither data nor weights; returns the adapter config of the method."""
+    from goat.models import DTYPES, MODEL_CLASSES
+
+    t = cfg.trainer
+    _one_of("task.loader", cfg.task.loader, sorted(LOADERS))
+    _one_of("model.kind", cfg.model.kind, list(MODEL_CLASSES))
+    _one_of("model.dtype", cfg.model.dtype, list(DTYPES))
+    _one_of("model.image_head", cfg.model.image_head, ("patch_mean", "zero_shot"))
+    _one_of("logger.backend", cfg.logger.backend, LOGGER_BACKENDS)
+    _one_of("trainer.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
+    _one_of("task.decoding", cfg.task.decoding, DECODINGS)
+    _one_of("trainer.scheduler", t.scheduler, list(SCHEDULES))
+    _one_of("trainer.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    if cfg.task.num_samples < 1 or (cfg.task.num_samples > 1 and cfg.task.decoding != "sample"):
+        raise ConfigError(
+            f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
+            "(identical greedy samples would overstate pass@k)"
+        )
+    for key in ("lr", "batch_size", "micro_batch_size", "eval_batch_size"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be > 0")
+    per_step = t.micro_batch_size * num_processes
+    if t.batch_size < per_step or t.batch_size % per_step:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.micro_batch_size x devices "
+            f"= {t.micro_batch_size} x {num_processes}; change one of them"
+        )
+    if t.max_steps is None and t.epochs <= 0:
+        raise ConfigError("trainer.epochs must be > 0 (or set trainer.max_steps)")
+    if cfg.resume not in ("never", "auto") and not Path(cfg.resume).is_dir():
+        raise ConfigError(f"resume={cfg.resume!r}: expected never, auto, or an existing checkpoint directory")
+    try:
+        adapter_cfg = method_config(cfg.method.method, **adapter_overrides(cfg.method))
+        validate(adapter_cfg)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"method: {error}") from None
+    return adapter_cfg
+
+
+def check_output_dir(output_dir) -> None:
+    """The run directory can be created and written: a file is created (and removed) in its nearest existing
+    folder, so a read-only disk or a path through a file fails here, not after hours of training."""
+    path = Path(output_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir={output_dir}: {existing} is a file, not a folder; choose another output_dir=...")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".goat-write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"output_dir={output_dir} cannot be written ({error.strerror or error} in {existing}); "
+            "choose a folder you can write to with output_dir=..."
+        ) from None
+
+
+def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = None) -> None:
+    """The adapter fits the model: target_modules match layers and the rank fits each of them. Checked on a
+    skeleton built on the meta device from the model's config (no weights, no memory)."""
+    from goat.adapters.lora_moe import check_rank_fits
+    from goat.adapters.surgery import find_heads, find_targets
+
+    skeleton = build_skeleton(model_cfg, model_config, num_labels)
+    if skeleton is None:
+        return
+    try:
+        heads = find_heads(skeleton, adapter_cfg.modules_to_save)
+        targets = find_targets(skeleton, adapter_cfg.target_modules, heads)
+        if adapter_cfg.method not in FULL_FINE_TUNING:
+            check_rank_fits(skeleton, targets, adapter_cfg.r)
+    except ValueError as error:
+        raise ConfigError(f"method: {error}") from None
+
+
+def build_skeleton(model_cfg, model_config, num_labels: int | None):
+    """The model's module tree without weights (meta device), as load_model would build it; None for CLIP's
+    zero-shot head, whose structure needs the class names."""
+    from goat.models import MODEL_CLASSES
+
+    with torch.device("meta"):
+        if model_cfg.kind == "clip_image_classification":
+            if model_cfg.image_head == "zero_shot":
+                return None
+            from transformers import CLIPVisionModel
+
+            from goat.tasks.vision import CLIPPatchMeanClassifier
+
+            return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
+        return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
+
+
+def check_same_run(cfg, run_dir: Path) -> None:
+    """Resuming continues the same training: the task, the model and every method setting must be those of the
+    run that wrote the checkpoint (its config.yaml), checked before anything loads."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = OmegaConf.load(saved_path)
+    current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in RESUME_MUST_MATCH:
+        before, now = OmegaConf.select(saved, key), OmegaConf.select(current, key)
+        if before != now:
+            if key == "method":
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                detail = ", ".join(f"method.{k}: {_shown(before.get(k))} -> {_shown(now.get(k))}" for k in changed)
+            else:
+                detail = f"{key}: {before!r} -> {now!r}"
+            raise ConfigError(
+                f"cannot resume {run_dir}: its checkpoints come from another setting ({detail}); resume with the "
+                "run's own settings (its config.yaml), or train the new setting in another output_dir=..."
+            )
+
+
+def _shown(value) -> str:
+    return "the method default" if value is None else repr(value)

@@ -1,0 +1,177 @@
+"""Bad input gets one clear error before any weights are loaded (and, for config mistakes, before any data is
+read), through goat-train itself: exit code 2, one line on stderr naming what is wrong and how to fix it."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import goat.models
+import goat.train
+from goat.cli import train_main
+from tests.conftest import tiny_run_overrides
+
+
+class Loaded(Exception):
+    """Raised by the patched loaders: a check let the run get that far."""
+
+
+@pytest.fixture()
+def guarded(monkeypatch):
+    """Any weight load fails the test; `guarded(data=True)` also forbids reading the task's data."""
+
+    def forbid(what):
+        def loader(*args, **kwargs):
+            raise Loaded(f"{what} loaded before the error")
+
+        return loader
+
+    monkeypatch.setattr(goat.models, "load_model", forbid("model weights"))
+
+    def guard(data: bool):
+        if data:
+            monkeypatch.setattr(goat.train, "load_task", forbid("task data"))
+
+    return guard
+
+
+def bad_run(capsys, overrides) -> str:
+    """goat-train's exit code must be 2 and its stderr one line; returns that line."""
+    code = train_main(overrides)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("goat-train:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# (extra overrides, a regular expression the message must match); none of these may read data.
+CONFIG_CASES = {
+    "unknown task": (["task=glue/colaa"], r"task=glue/colaa is not a config of group 'task'; options: .*glue/cola"),
+    "unknown method": (["method=gaot"], r"method=gaot is not a config .*options: .*goat"),
+    "unknown model": (["model=bert"], r"model=bert is not a config .*minilm"),
+    "typo in a key": (["trainer.lrr=1"], r"unknown key 'trainer.lrr'; valid keys of trainer: .*\blr\b"),
+    "typo in a group": (["trainerr.lr=1"], r"unknown key 'trainerr'; valid top-level keys"),
+    "not key=value": (["trainer.lr"], r"'trainer.lr' is not an override: write key=value"),
+    "wrong type float": (["trainer.lr=fast"], r"trainer.lr: Value 'fast' .* give a value of type float"),
+    "wrong type int": (["method.num_experts=two"], r"method.num_experts: Value 'two' .* type integer"),
+    "rank not divisible": (["method.r=36"], r"r=36 is not divisible by num_experts=8"),
+    "top_k > experts": (["method.top_k=9"], r"top_k must be between 1 and num_experts=8, got 9"),
+    "rank > layer dim": (["method.r=64"], r"rank r=64 exceeds min\(in, out\) = 32 of layer"),
+    "target matches nothing": (["method.target_modules=[nomatch]"], r"\['nomatch'\] matched no nn.Linear .*query"),
+    "head not a module": (["method.modules_to_save=[nohead]"], r"modules_to_save \['nohead'\] are not modules"),
+    "dropout out of range": (["method.lora_dropout=1.5"], r"lora_dropout must be in \[0, 1\), got 1.5"),
+    "unknown scaling": (["method.scaling=foo"], r"scaling must be one of"),
+    "unknown scheduler": (["trainer.scheduler=foo"], r"trainer.scheduler='foo' is unknown; valid: cosine"),
+    "unknown logger": (["logger.backend=foo"], r"logger.backend='foo' is unknown; valid: wandb, none"),
+    "unknown dtype": (["model.dtype=float8"], r"model.dtype='float8' is unknown; valid: float32"),
+    "unknown model kind": (["model.kind=foo"], r"model.kind='foo' is unknown; valid: sequence_classification"),
+    "negative lr": (["trainer.lr=-1"], r"trainer.lr=-1.0 must be > 0"),
+    "batch not a multiple": (["trainer.batch_size=20"], r"batch_size=20 must be a multiple of .* 8 x 1"),
+    "unknown decoding": (["task.decoding=beam"], r"task.decoding='beam' is unknown"),
+    "greedy pass@k": (["task.num_samples=5"], r"num_samples=5: use 1, or more with task.decoding=sample"),
+    "missing resume path": (["resume=/no/such/checkpoint"], r"resume='/no/such/checkpoint': expected never, auto"),
+    "model offline": (
+        ["model.name_or_path=FacebookAI/roberta-large"],
+        r"'FacebookAI/roberta-large' is neither a local directory nor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_config_mistake_fails_before_data_or_weights(
+    case, guarded, capsys, monkeypatch, tiny_model_dir, keyword_data, tmp_path
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    guarded(data=True)
+    extra, pattern = CONFIG_CASES[case]
+    out = tmp_path / "run"
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, out, *extra))
+    assert re.search(pattern, line), line
+    assert not out.exists()  # nothing written for a run that cannot start
+
+
+def test_unwritable_output_dir_fails_before_loading(guarded, capsys, tiny_model_dir, keyword_data, tmp_path):
+    guarded(data=True)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, blocker / "run"))
+    assert f"{blocker} is a file, not a folder" in line
+    if Path("/proc/self").is_dir():  # a folder that nobody, not even root, can create files in
+        line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, "/proc/goat-run"))
+        assert "output_dir=/proc/goat-run cannot be written" in line
+
+
+def test_data_offline_fails_before_weights(guarded, capsys, monkeypatch, tiny_model_dir, tmp_path):
+    """A hub dataset without network: one sentence naming task.data_dir, no weights loaded."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    guarded(data=False)
+    overrides = tiny_run_overrides(tiny_model_dir, None, tmp_path / "run")
+    overrides = [o for o in overrides if not o.startswith(("task=", "task.data_dir"))] + ["task=glue/cola"]
+    line = bad_run(capsys, overrides)
+    assert "task.data_dir" in line and "cola" in line.lower(), line
+
+
+GOOD_ROW = {"text": "alpha beta", "label": 1}
+DATA_CASES = {
+    "empty file": ("", r"train.jsonl holds no rows"),
+    "bad JSON": (json.dumps(GOOD_ROW) + '\n{"text": "beta",\n', r"train.jsonl:2: not valid JSON"),
+    "missing label": (json.dumps({"text": "beta"}) + "\n", r"train.jsonl:1: each line needs the keys 'text' and"),
+    "not an object": ("[1, 2]\n", r"train.jsonl:1: each line needs the keys"),
+    "string label": (json.dumps({"text": "beta", "label": "yes"}) + "\n", r":1: label 'yes' must be a class id"),
+    "negative label": (json.dumps({"text": "beta", "label": -1}) + "\n", r":1: label -1 must be a class id"),
+    "float label": (json.dumps({"text": "beta", "label": 0.5}) + "\n", r":1: label 0.5 must be a class id"),
+    "text not a string": (json.dumps({"text": 3, "label": 0}) + "\n", r":1: text must be a string, got int"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_malformed_data_file_fails_before_weights(case, guarded, capsys, tiny_model_dir, keyword_data, tmp_path):
+    guarded(data=False)
+    text, pattern = DATA_CASES[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(text)
+    shutil.copy(keyword_data / "validation.jsonl", data)
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, data, tmp_path / "run"))
+    assert re.search(pattern, line), line
+    assert str(data / "train.jsonl") in line
+
+
+def test_missing_data_file_and_empty_subset(guarded, capsys, tiny_model_dir, keyword_data, tmp_path):
+    guarded(data=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(keyword_data / "train.jsonl", data)
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, data, tmp_path / "run"))
+    assert "lacks validation.jsonl: task.data_dir must hold train.jsonl and validation.jsonl" in line
+    line = bad_run(
+        capsys, tiny_run_overrides(tiny_model_dir, keyword_data, tmp_path / "run", "task.max_train_samples=0")
+    )
+    assert "task.max_train_samples=0 keeps no rows" in line
+
+
+def test_resume_from_another_model_or_a_finished_run_fails_and_keeps_it(capsys, tiny_model_dir, keyword_data, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        train_main(
+            tiny_run_overrides(tiny_model_dir, keyword_data, out, "trainer.max_steps=4", "trainer.save_every_steps=2")
+        )
+        == 0
+    )
+    capsys.readouterr()
+    results = (out / "results.json").read_bytes()
+    other_model = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other_model)
+
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, out, "trainer.max_steps=4"))
+    assert "already holds a finished run (results.json)" in line
+    shutil.move(out / "results.json", tmp_path / "results.json")  # now an unfinished run with checkpoints
+    changed = tiny_run_overrides(other_model, keyword_data, out, "trainer.max_steps=8", "resume=auto")
+    line = bad_run(capsys, changed)
+    assert f"model.name_or_path: '{tiny_model_dir}' -> '{other_model}'" in line
+    assert (tmp_path / "results.json").read_bytes() == results
+    assert (out / "checkpoints").is_dir() and (out / "final").is_dir()
