@@ -2,6 +2,7 @@
 
 import json
 import math
+import socket
 import tempfile
 import time
 from itertools import combinations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from goat.evaluators import landlock, sandbox
 from goat.evaluators.answers import (
     commonsense_datasets,
     extract_commonsense_answer,
@@ -17,7 +19,13 @@ from goat.evaluators.answers import (
     numbers_equal,
     pass_at_k,
 )
-from goat.evaluators.sandbox import check_humaneval, humaneval_postprocess, network_isolated, run_program
+from goat.evaluators.sandbox import (
+    check_humaneval,
+    filesystem_confined,
+    humaneval_postprocess,
+    network_isolated,
+    run_program,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the checkout
 COMMONSENSE_FOLDERS = ["boolq", "piqa", "social_i_qa", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa"]
@@ -278,13 +286,90 @@ def test_sandbox_environment_is_minimal(monkeypatch):
     assert result.passed, result.detail
 
 
-def test_sandbox_blocks_network_when_namespaces_are_available():
+def test_sandbox_blocks_network_when_namespaces_are_available(monkeypatch):
     if not network_isolated():
         pytest.skip("no network namespace on this machine: the sandbox cannot block the network here")
+    real = sandbox._launcher()  # the namespace alone, without Landlock's TCP rule; UDP too, which Landlock lets by
+    monkeypatch.setattr(sandbox, "_launcher", lambda: sandbox._Launcher(real.prefix, real.drop_to, False))
     code = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\n"
     result = run_program(code, timeout_s=5)
     assert result.status == "failed"
     assert "unreachable" in result.detail or "OSError" in result.detail
+    code = "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('1.1.1.1', 53))\n"
+    result = run_program(code, timeout_s=5)
+    assert result.status == "failed"
+    assert "unreachable" in result.detail or "OSError" in result.detail
+
+
+ESCAPES = """
+import os, subprocess
+outside = {outside!r}
+attempts = {{
+    "create": lambda: open(os.path.join(outside, "new.txt"), "w"),
+    "overwrite": lambda: open(os.path.join(outside, "kept.txt"), "w"),
+    "append": lambda: open(os.path.join(outside, "kept.txt"), "a"),
+    "truncate": lambda: os.truncate(os.path.join(outside, "kept.txt"), 0),
+    "remove": lambda: os.remove(os.path.join(outside, "kept.txt")),
+    "rename": lambda: os.rename(os.path.join(outside, "kept.txt"), os.path.join(outside, "moved.txt")),
+    "move in": lambda: os.rename(os.path.join(outside, "kept.txt"), "stolen.txt"),
+    "mkdir": lambda: os.mkdir(os.path.join(outside, "sub")),
+    "symlink": lambda: os.symlink("/etc/passwd", os.path.join(outside, "link")),
+    "home": lambda: open(os.path.expanduser("~/../escape.txt"), "w"),
+}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+    except PermissionError:
+        continue
+    raise SystemExit(f"{{name}} outside the sandbox folder was allowed")
+assert subprocess.run(["touch", os.path.join(outside, "by-child.txt")]).returncode != 0
+open("inside.txt", "w").write("x")  # its own folder stays writable
+os.mkdir("sub")
+os.rename("inside.txt", "sub/inside.txt")
+os.remove("sub/inside.txt")
+"""
+
+
+def test_sandbox_cannot_write_outside_its_folder(tmp_path):
+    if not filesystem_confined():
+        pytest.skip("no Landlock in this kernel: the sandbox cannot confine writes here")
+    (tmp_path / "kept.txt").write_text("precious")
+    result = run_program(ESCAPES.format(outside=str(tmp_path)), timeout_s=10)
+    assert result.passed, result.detail
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+    assert (tmp_path / "kept.txt").read_text() == "precious"
+
+
+def test_landlock_alone_confines_writes_and_tcp(tmp_path, monkeypatch):
+    """Without namespaces (a machine where unshare fails), Landlock still blocks writes and TCP connections."""
+    if landlock.abi_version() < 4:
+        pytest.skip("Landlock with network rules (ABI 4, kernel 6.7+) is not available here")
+    monkeypatch.setattr(sandbox, "_launcher", lambda: sandbox._Launcher((), None, True))
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = server.getsockname()[1]
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        result = run_program(code, timeout_s=5)
+        assert result.status == "failed" and "PermissionError" in result.detail, result.detail
+    finally:
+        server.close()
+    (tmp_path / "kept.txt").write_text("precious")
+    result = run_program(ESCAPES.format(outside=str(tmp_path)), timeout_s=10)
+    assert result.passed, result.detail
+    assert (tmp_path / "kept.txt").read_text() == "precious"
+
+
+def test_sandbox_refuses_to_run_when_confinement_fails(monkeypatch, tmp_path):
+    """Fail closed: if the kernel refuses the confinement, the program is not run."""
+    broken = tmp_path / "landlock.py"  # the real script, on a kernel without Landlock
+    broken.write_text(Path(landlock.__file__).read_text().replace("version = abi_version()", "version = 0"))
+    monkeypatch.setattr(sandbox, "_launcher", lambda: sandbox._Launcher((), None, True))
+    monkeypatch.setattr(landlock, "__file__", str(broken))
+    marker = tmp_path / "ran"
+    result = run_program(f"open({str(marker)!r}, 'w')\n", timeout_s=5)
+    assert (result.passed, result.status) == (False, "error"), result
+    assert "could not confine the program" in result.detail
+    assert not marker.exists()
 
 
 def test_sandbox_never_runs_code_in_the_caller():

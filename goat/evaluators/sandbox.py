@@ -7,16 +7,18 @@ What the sandbox isolates, on Linux:
   open files, no core dumps, and a process count when the child runs under its own uid;
 - a fresh temporary working directory, deleted afterwards; stdin closed, stdout discarded, a minimal
   environment (no proxies, no tokens, HOME = the temporary directory);
+- writes confined to that directory by the kernel (Landlock, goat/evaluators/landlock.py) where the kernel
+  has it (5.13+): nothing outside it can be created, written, truncated, renamed or deleted; with Landlock
+  ABI 4+ no TCP connection or bind either, and with ABI 6+ no signals to processes outside the sandbox;
 - network, process and uid namespaces when `unshare --user --map-root-user --net --pid --fork` works for
   the caller (probed once): then the child has only a loopback interface that is down, and when its PID
   namespace's first process dies the kernel kills every process it left behind;
 - when the caller is root and the interpreter is readable by `nobody`, the child drops to uid 65534.
 
-What it does NOT isolate: the file system is the caller's (no chroot or mount namespace), so a program
-running as the caller's uid can read and write whatever the caller can, outside the temporary directory;
-without namespaces (probe failed) the network is reachable and only the missing proxy variables stand in
-the way; there is no seccomp filter on system calls. Use a container or VM for hostile code.
-`network_isolated()` and `privileges_dropped()` report which protections the current machine gets.
+What it does NOT isolate: reading the file system (the program can read what the caller's uid can);
+without Landlock (old kernels, non-Linux) writes are not confined, and without namespaces UDP and UNIX
+sockets are reachable; there is no seccomp filter on system calls. Use a container or VM for hostile code.
+`filesystem_confined()`, `network_isolated()` and `privileges_dropped()` report what this machine gets.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from goat.evaluators import landlock
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,17 @@ class ExecutionResult:
 
 @dataclass(frozen=True)
 class _Launcher:
-    """How children are started on this machine: an optional `unshare` prefix and an optional uid drop."""
+    """How children are started on this machine: an optional `unshare` prefix, an optional uid drop, and
+    whether the program's writes are confined to its folder (Landlock)."""
 
     prefix: tuple[str, ...]
     drop_to: int | None
+    confined: bool
+
+    def argv(self, workdir: str, script: str) -> list[str]:
+        if self.confined:  # landlock.py confines itself, then execs `python -I script`
+            return [*self.prefix, sys.executable, "-I", str(Path(landlock.__file__)), workdir, script]
+        return [*self.prefix, sys.executable, "-I", script]
 
 
 def _limits(timeout_s: float, memory_mb: int, drop_to: int | None) -> Callable[[], None]:
@@ -94,11 +106,14 @@ def _start_works(launcher: _Launcher) -> bool:
     """Whether a trivial interpreter run succeeds with this launcher (namespaces and uid drop are optional)."""
     workdir = tempfile.mkdtemp(prefix="goat-sandbox-probe-")
     try:
+        script = os.path.join(workdir, "probe.py")
+        with open(script, "w") as f:
+            f.write("pass\n")
         if launcher.drop_to is not None:
             os.chown(workdir, launcher.drop_to, launcher.drop_to)
-        argv = [*launcher.prefix, sys.executable, "-I", "-c", "pass"]
+            os.chown(script, launcher.drop_to, launcher.drop_to)
         done = subprocess.run(
-            argv,
+            launcher.argv(workdir, script),
             cwd=workdir,
             env=_environment(workdir),
             stdin=subprocess.DEVNULL,
@@ -121,14 +136,23 @@ def _launcher() -> _Launcher:
     unshare = shutil.which("unshare")
     prefixes = [(unshare, *_UNSHARE, "--")] if unshare else []
     drops = [NOBODY, None] if os.geteuid() == 0 else [None]
+    confinements = [True, False] if landlock.abi_version() > 0 else [False]
     for prefix in [*prefixes, ()]:
-        for drop_to in drops:
-            launcher = _Launcher(tuple(prefix), drop_to)
-            if _start_works(launcher):
-                if not prefix:
-                    log.warning("sandbox: no network/PID namespace available; generated code can reach the network")
-                return launcher
+        for confined in confinements:
+            for drop_to in drops:
+                launcher = _Launcher(tuple(prefix), drop_to, confined)
+                if _start_works(launcher):
+                    if not prefix:
+                        log.warning("sandbox: no network/PID namespace here; generated code may reach the network")
+                    if not confined:
+                        log.warning("sandbox: no Landlock here; generated code can write outside its folder")
+                    return launcher
     raise RuntimeError(f"cannot start {sys.executable} -I in a subprocess; check that the interpreter runs")
+
+
+def filesystem_confined() -> bool:
+    """True when sandboxed programs can write only inside their temporary folder (Landlock) on this machine."""
+    return _launcher().confined
 
 
 def network_isolated() -> bool:
@@ -155,6 +179,8 @@ def _classify(returncode: int, timed_out: bool, stderr: str, timeout_s: float) -
         return ExecutionResult(False, "timeout", f"wall-clock limit of {timeout_s:g} s reached")
     if returncode == 0:
         return ExecutionResult(True, "passed", "")
+    if returncode == landlock.EXIT_UNCONFINED and stderr.startswith("sandbox: could not confine"):
+        return ExecutionResult(False, "error", stderr)
     # Under `unshare --fork` a signal death of the program shows up as exit status 128 + signal.
     signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
     if signum in (signal.SIGXCPU, signal.SIGKILL) and not stderr.strip():
@@ -190,7 +216,7 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> 
             os.chown(script, launcher.drop_to, launcher.drop_to)
         with tempfile.TemporaryFile() as stderr:
             proc = subprocess.Popen(
-                [*launcher.prefix, sys.executable, "-I", script],
+                launcher.argv(workdir, script),
                 cwd=workdir,
                 env=_environment(workdir),
                 stdin=subprocess.DEVNULL,
