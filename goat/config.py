@@ -47,6 +47,10 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     image_head: str = "patch_mean"  # CLIP: patch_mean (new linear head, trained; the reference) | zero_shot (frozen)
     pretrained_label: str = ""  # printed with results, e.g. "not RoBERTa-large: all-MiniLM-L6-v2"
+    # Python code shipped with a checkpoint (auto_map in config.json) runs only when this is turned on.
+    trust_remote_code: bool = False
+    # Weights only from .safetensors files; false also accepts pytorch_model.bin (read with weights_only=True).
+    safetensors_only: bool = True
 
 
 @dataclass

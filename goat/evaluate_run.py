@@ -15,6 +15,7 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     from goat.adapters import load_adapter
+    from goat.config import RunConfig
     from goat.models import load_model
     from goat.tasks import load_task
     from goat.train import PIPELINES, classification_pipeline
@@ -23,7 +24,8 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     for needed in ("config.yaml", "final/adapter_config.json"):
         if not (run_dir / needed).exists():
             raise FileNotFoundError(f"{run_dir / needed} is missing: goat-eval needs the directory of a finished run")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    # On the current schema: a run written before a key existed gets its default (e.g. model.trust_remote_code).
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_dir / "config.yaml"))
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu)
     set_seed(cfg.trainer.seed)  # as train() did: a model built from its config gets the same weights
     task = load_task(cfg.task, cfg.trainer.seed)

@@ -49,12 +49,12 @@ def load_config(model_cfg, num_labels: int | None = None):
     with _clear_errors(model_cfg.name_or_path, path):
         if model_cfg.kind == "clip_image_classification":
             kwargs.pop("num_labels", None)
-            config = AutoConfig.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
             config = getattr(config, "vision_config", config)  # a full CLIP checkpoint: its vision tower
             for key, value in kwargs.items():
                 setattr(config, key, value)
             return config
-        return AutoConfig.from_pretrained(path, **kwargs)
+        return AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
 
 
 def load_model(model_cfg, num_labels: int | None = None, label_names: list[str] | None = None):
@@ -75,8 +75,8 @@ def load_model(model_cfg, num_labels: int | None = None, label_names: list[str] 
         if model_cfg.from_config:
             model = model_class.from_config(config, dtype=DTYPES[model_cfg.dtype])
         else:
-            model = model_class.from_pretrained(path, config=config, dtype=DTYPES[model_cfg.dtype])
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(model_cfg.tokenizer or model_cfg.name_or_path))
+            model = model_class.from_pretrained(path, config=config, **_weights_kwargs(model_cfg))
+        tokenizer = load_tokenizer(model_cfg)
     if tokenizer.pad_token is None:  # LLaMA-class tokenizers: pad with EOS, as the reference does
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -93,14 +93,14 @@ def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
         if model_cfg.from_config:
             tower = CLIPVisionModel(vision_config)
         else:
-            tower = CLIPVisionModel.from_pretrained(path, config=vision_config, dtype=DTYPES[model_cfg.dtype])
+            tower = CLIPVisionModel.from_pretrained(path, config=vision_config, **_weights_kwargs(model_cfg))
     return CLIPPatchMeanClassifier(tower, num_labels).to(DTYPES[model_cfg.dtype])
 
 
 def load_clip_zero_shot(model_cfg, path: str, label_names: list[str] | None):
     """CLIP's vision tower + projection, scored against frozen text embeddings of the class names (averaged
     over CLIP prompt templates): the zero-shot head the reference's comment describes (spec §6, §9.14)."""
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     from goat.tasks.vision import CLIPZeroShotClassifier, class_embeddings
 
@@ -110,9 +110,23 @@ def load_clip_zero_shot(model_cfg, path: str, label_names: list[str] | None):
         if model_cfg.from_config:
             clip = CLIPModel(CLIPConfig.from_pretrained(path))
         else:
-            clip = CLIPModel.from_pretrained(path, dtype=DTYPES[model_cfg.dtype])
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(model_cfg.tokenizer or model_cfg.name_or_path))
+            clip = CLIPModel.from_pretrained(path, **_weights_kwargs(model_cfg))
+        tokenizer = load_tokenizer(model_cfg)
     return CLIPZeroShotClassifier(clip, class_embeddings(clip, tokenizer, label_names))
+
+
+def _weights_kwargs(model_cfg) -> dict:
+    """from_pretrained arguments: dtype, safetensors only (unless turned off), remote code only if turned on."""
+    return {
+        "dtype": DTYPES[model_cfg.dtype],
+        "use_safetensors": True if model_cfg.safetensors_only else None,
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+
+
+def load_tokenizer(model_cfg):
+    path = resolve_path(model_cfg.tokenizer or model_cfg.name_or_path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
 
 
 class _clear_errors:
@@ -132,6 +146,16 @@ class _clear_errors:
             self.offline.__exit__(kind, error, traceback)
         if error is None or not isinstance(error, (OSError, ValueError)) or isinstance(error, ModelUnavailableError):
             return False
+        if "trust_remote_code" in str(error):
+            raise ModelUnavailableError(
+                f"model {self.name!r} ships its own Python code (auto_map in its config.json), which goat does not "
+                "run by default: read that code, then pass model.trust_remote_code=true to allow it"
+            ) from None
+        if "safetensors" in str(error) and Path(self.path).is_dir():
+            raise ModelUnavailableError(
+                f"model {self.name!r} has no .safetensors weights: convert them, or pass "
+                "model.safetensors_only=false to read pytorch_model.bin (with torch.load(weights_only=True))"
+            ) from None
         if Path(self.path).is_dir():
             return False  # a local directory with a real problem: keep transformers' own message
         raise ModelUnavailableError(
