@@ -126,7 +126,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, CheckpointError) as error:
         print(f"goat-train: {error}", file=sys.stderr)
         return 1
-    if results.get("status") == "finished":
+    from accelerate import PartialState
+
+    if results.get("status") == "finished" and PartialState().is_main_process:  # once, not once per process
         print(results_table(results))
     return 0 if results.get("status") in ("finished", "interrupted") else 1
 

@@ -264,10 +264,12 @@ class _Window:
 
     def flush(self, accelerator, lr: float) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        tokens = accelerator.gather(torch.tensor([self.tokens], device=accelerator.device)).sum().item()
+        # summed over processes: the logged loss is that of the global batch, as on one device
+        local = torch.tensor([self.loss, self.balance, self.batches, self.tokens], dtype=torch.float64)
+        loss, balance, batches, tokens = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
         values = {
-            "train/loss": self.loss / max(self.batches, 1),
-            "train/balance_loss": self.balance / max(self.batches, 1),
+            "train/loss": loss / max(batches, 1),
+            "train/balance_loss": balance / max(batches, 1),
             "train/lr": lr,
             "train/tokens_per_s": tokens / elapsed,
         }

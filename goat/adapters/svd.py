@@ -102,17 +102,23 @@ def selected_triplets(
     device = device or compute_device()
     cache = Path(cache_dir).expanduser() if cache_dir else None
     report = SVDReport()
-    pending: dict[tuple, list[str]] = defaultdict(list)  # (shape, float64?, indices) -> names
-    keys = {}
+    world, rank = _world()
+    groups: dict[tuple, list[str]] = defaultdict(list)  # (shape, float64?, indices) -> names
     for name, weight in weights.items():
-        keys[name] = cache_key(model_id, name, weight, indices[name])
-        cached = _read_cache(cache, keys[name])
-        if cached is not None:
-            report.triplets[name] = cached
-            report.from_cache += 1
-        else:
-            group = (tuple(weight.shape), weight.dtype == torch.float64, tuple(indices[name].tolist()))
-            pending[group].append(name)
+        groups[(tuple(weight.shape), weight.dtype == torch.float64, tuple(indices[name].tolist()))].append(name)
+    pending: dict[tuple, list[str]] = defaultdict(list)
+    keys = {}
+    for group, names in groups.items():
+        # under torch.distributed each process takes its share of every shape, chosen from the names alone
+        # (never from the cache, which another process may be writing): the shares cover every name once
+        for name in names[rank::world]:
+            keys[name] = cache_key(model_id, name, weights[name], indices[name])
+            cached = _read_cache(cache, keys[name])
+            if cached is not None:
+                report.triplets[name] = cached
+                report.from_cache += 1
+            else:
+                pending[group].append(name)
     for (shape, is_double, index), names in pending.items():
         result_dtype = torch.float64 if is_double else torch.float32
         index = torch.tensor(index, device=device)
@@ -124,16 +130,37 @@ def selected_triplets(
                 report.triplets[name] = Triplets(*(t[i].to("cpu", result_dtype) for t in (U, S, V)))
                 _write_cache(cache, keys[name], report.triplets[name])
             report.decomposed += len(chunk)
+    if world > 1:
+        report.triplets = _exchange(report.triplets, world)
     report.seconds = time.perf_counter() - start
     if weights:
         logger.info(
-            "SVD init: %d matrices decomposed on %s, %d from cache, %.2f s",
+            "SVD init: %d matrices decomposed on %s%s, %d from cache, %.2f s",
             report.decomposed,
             device,
+            f" by process {rank} of {world} (the others' shares received)" if world > 1 else "",
             report.from_cache,
             report.seconds,
         )
     return report
+
+
+def _world() -> tuple[int, int]:
+    """(number of processes, this process's rank) of the default process group; (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _exchange(local: dict[str, Triplets], world: int) -> dict[str, Triplets]:
+    """Every process's triplets on every process (all_gather of the CPU tensors): the selected columns only,
+    r columns per matrix, so this is small next to the weights."""
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, {n: (t.U, t.S, t.V) for n, t in local.items()})
+    merged = {}
+    for part in gathered:
+        merged.update({name: Triplets(*tensors) for name, tensors in part.items()})
+    return merged
 
 
 def _read_cache(cache: Path | None, key: str) -> Triplets | None:

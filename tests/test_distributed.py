@@ -1,0 +1,117 @@
+"""Data-parallel training on real processes: torchrun on the CPU (gloo), the same code path as DDP on GPUs.
+
+With the same global batch and dropout off, 2 processes must train exactly what 1 process trains (the
+all-reduce mean of 2 micro-batch gradients equals their accumulated mean), with no unused-parameter error
+for the routed experts, the SVD initialisation split over the processes, and evaluation sharded and gathered.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_run_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+# Dropout off: each process draws its own masks, so with dropout the runs agree only up to noise.
+NO_DROPOUT = [
+    "+model.config_overrides.hidden_dropout_prob=0.0",
+    "+model.config_overrides.attention_probs_dropout_prob=0.0",
+    "method.lora_dropout=0.0",
+]
+
+
+def launch(processes: int, overrides: list[str], home: Path) -> subprocess.CompletedProcess:
+    """goat-train in 1 process, or in `processes` processes through torchrun (CPU, gloo); `home` holds its
+    own SVD cache, so that each run decomposes for itself."""
+    if processes == 1:
+        command = [sys.executable, "-m", "goat.cli", *overrides]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command += ["--standalone", "-m", "goat.cli", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HOME": str(home)}
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # torchrun and its workers: nothing left behind
+        stdout, stderr = child.communicate()
+        pytest.fail(f"timed out: {stderr[-3000:]}")
+    assert child.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["train/loss"] for row in rows if "train/loss" in row]
+
+
+def run_pair(method: str, tiny_model_dir, keyword_data, tmp_path, *extra):
+    outs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"{method}-{processes}"
+        overrides = tiny_run_overrides(tiny_model_dir, keyword_data, out, f"method={method}", *NO_DROPOUT, *extra)
+        steps = ["trainer.max_steps=12", "trainer.log_every_steps=1"]
+        outs[processes] = (out, launch(processes, [*overrides, *steps], tmp_path / f"home-{processes}"))
+    return outs
+
+
+@pytest.mark.parametrize("method", ["goat", "lora"])
+def test_two_processes_train_exactly_what_one_process_trains(method, tiny_model_dir, keyword_data, tmp_path):
+    outs = run_pair(method, tiny_model_dir, keyword_data, tmp_path)
+    (one, _), (two, log) = outs[1], outs[2]
+    assert losses(two) == pytest.approx(losses(one), abs=1e-6) and len(losses(one)) == 12
+    want, got = (
+        load_file(str(one / "final" / "adapter_model.safetensors")),
+        load_file(str(two / "final" / "adapter_model.safetensors")),
+    )
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+    first, second = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert second["final"] == pytest.approx(first["final"])  # the sharded, gathered evaluation: same scores
+    assert log.stdout.count("majority-class baseline") == 1  # the results table is printed once, not once per process
+    if method == "goat":  # the 13 SVDs of the tiny model, split 7 + 6 over the two processes
+        shares = sorted(
+            int(line.split("SVD init: ")[1].split()[0]) for line in log.stderr.splitlines() if "SVD" in line
+        )
+        assert shares == [6, 7], log.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["molora", "adamole", "hydralora", "full_ft_moe", "dora", "pissa"])
+def test_every_routed_and_peft_method_runs_under_ddp_without_unused_parameters(
+    method, tiny_model_dir, keyword_data, tmp_path
+):
+    outs = run_pair(method, tiny_model_dir, keyword_data, tmp_path)
+    assert losses(outs[2][0]) == pytest.approx(losses(outs[1][0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_parse_and_build_a_launch(path):
+    """Each shipped config goes through accelerate's own launch validation and builds the launch command."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "goat.cli", "task=glue/cola"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.mixed_precision == "bf16"
+    if args.multi_gpu:
+        assert args.num_processes == 2
+        assert prepare_multi_gpu_env(args)["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    else:
+        command, _ = prepare_simple_launcher_cmd_env(args)
+        assert command[-3:] == ["-m", "goat.cli", "task=glue/cola"]
+
+
+def test_shipped_accelerate_configs():
+    assert {p.name for p in ACCELERATE_CONFIGS} >= {"single_gpu.yaml", "ddp.yaml"}
