@@ -27,6 +27,14 @@ from safetensors.torch import load_file, save_file
 STEP_DIR = re.compile(r"step-(\d{8})")
 TMP_SUFFIX = ".tmp"
 MANIFEST = "manifest.json"
+ENGINE_DIR, ENGINE_TAG = "engine", "zero"  # DeepSpeed: every process's part of the optimizer state
+
+
+def engine_staging_dir(run_dir: Path, step: int) -> Path:
+    """Where the processes write their DeepSpeed parts before the main process seals the checkpoint."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.engine"
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,8 +67,22 @@ def set_rng_state(tensors: dict, plain: dict) -> None:
         torch.cuda.set_rng_state_all(tensors["cuda"])
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, position: dict, keep_last: int) -> Path:
-    """Writes checkpoints/step-<step>/ atomically and verified, then deletes all but the newest `keep_last`."""
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    position: dict,
+    keep_last: int,
+    engine_dir: Path | None = None,
+    trainable: dict | None = None,
+) -> Path:
+    """Writes checkpoints/step-<step>/ atomically and verified, then deletes all but the newest `keep_last`.
+
+    Under DeepSpeed the optimizer state is partitioned over the processes: each one has written its part into
+    `engine_dir` (engine.save_checkpoint), which moves into the checkpoint as engine/ and is covered by the
+    manifest; `trainable` is then the gathered trainable state (ZeRO-3 partitions the parameters too)."""
     root = Path(root) / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = final.with_name(final.name + TMP_SUFFIX)
@@ -68,9 +90,14 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, position
         shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
-        save_file(trainable_state(model), str(partial / "trainable.safetensors"))
+        trainable = trainable if trainable is not None else trainable_state(model)
+        save_file(trainable, str(partial / "trainable.safetensors"))
         rng_tensors, rng_plain = rng_state()
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_tensors}
+        state = {"scheduler": scheduler.state_dict(), "rng": rng_tensors}
+        if engine_dir is None:
+            state["optimizer"] = optimizer.state_dict()
+        else:
+            os.replace(engine_dir, partial / ENGINE_DIR)
         torch.save(state, partial / "state.pt")
         (partial / "rng.json").write_text(json.dumps(rng_plain))
         (partial / "position.json").write_text(json.dumps({"step": step, **position}, indent=1))
@@ -137,8 +164,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restores a checkpoint into model/optimizer/scheduler and the RNGs; returns the loop position."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dict:
+    """Restores a checkpoint into model/optimizer/scheduler and the RNGs; returns the loop position. Under
+    DeepSpeed, `engine` restores the trainable weights and this process's part of the optimizer state."""
     path = Path(path)
     if not (path / "position.json").exists():
         raise FileNotFoundError(f"{path} is not a goat checkpoint (no position.json); pass a checkpoints/step-* dir")
@@ -146,8 +174,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     if problem:
         raise CheckpointError(f"checkpoint {path} is not intact: {problem}; resume from an earlier one")
     tensors = load_file(str(path / "trainable.safetensors"))
+    if engine is not None:
+        engine.load_checkpoint(
+            str(path / ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False, load_lr_scheduler_states=False
+        )
+        tensors = {}  # the engine restored them, partitioned as it keeps them
     params = dict(model.named_parameters())
-    missing = [name for name, p in params.items() if p.requires_grad and name not in tensors]
+    missing = [name for name, p in params.items() if p.requires_grad and name not in tensors and engine is None]
     if missing or any(name not in params for name in tensors):
         raise ValueError(
             f"checkpoint {path} does not match this model's trainable parameters (method or model "
@@ -157,7 +190,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         for name, value in tensors.items():
             params[name].copy_(value)
     state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], json.loads((path / "rng.json").read_text()))
     return json.loads((path / "position.json").read_text())
@@ -172,15 +206,18 @@ def _sha256(file: Path) -> str:
 
 
 def _write_manifest(directory: Path) -> None:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def _fsync_dir(directory: Path) -> None:
-    for item in directory.iterdir():
-        with open(item, "rb") as handle:
-            os.fsync(handle.fileno())
+    for item in directory.rglob("*"):
+        if item.is_file():
+            with open(item, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            _fsync_path(item)
     _fsync_path(directory)
 
 

@@ -34,7 +34,7 @@ def _one_of(key: str, value, valid) -> None:
         raise ConfigError(f"{key}={value!r} is unknown; valid: {', '.join(valid)}")
 
 
-def check_config(cfg, num_processes: int = 1):
+def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     """Checks that need neither data nor weights; returns the adapter config of the method."""
     from goat.models import DTYPES, MODEL_CLASSES
 
@@ -61,6 +61,11 @@ def check_config(cfg, num_processes: int = 1):
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} must be a multiple of trainer.micro_batch_size x devices "
             f"= {t.micro_batch_size} x {num_processes}; change one of them"
+        )
+    if deepspeed and t.on_nonfinite == "skip":
+        raise ConfigError(
+            "trainer.on_nonfinite=skip is not available under DeepSpeed, whose engine takes the optimizer step "
+            "inside backward; use trainer.on_nonfinite=stop (DeepSpeed's fp16 loss scaler skips overflow itself)"
         )
     if t.max_steps is None and t.epochs <= 0:
         raise ConfigError("trainer.epochs must be > 0 (or set trainer.max_steps)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint
 from goat.checks import ConfigError, check_config, check_model, check_output_dir, check_same_run
@@ -30,8 +31,9 @@ logger = logging.getLogger("goat")
 RESULTS = "results.json"
 
 
-def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
-    """(run directory, checkpoint to resume from or None); refuses to overwrite a finished run."""
+def prepare_run_dir(cfg, main_process: bool = True) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None); refuses to overwrite a finished run. Of several
+    processes only the main one moves a run aside (overwrite=true); all reach the same answer."""
     run_dir = Path(cfg.output_dir)
     finished = (run_dir / RESULTS).exists()
     checkpoints = list_checkpoints(run_dir)
@@ -65,9 +67,10 @@ def prepare_run_dir(cfg) -> tuple[Path, Path | None]:
                 f"{run_dir} already holds {what}: pass resume=auto to continue it, another "
                 f"output_dir=..., or overwrite=true to keep it aside as {run_dir.name}.old-* and start over"
             )
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(run_dir), aside)  # never deleted: a finished result stays on disk
-        logger.warning("moved the previous run to %s", aside)
+        if main_process:
+            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.move(str(run_dir), aside)  # never deleted: a finished result stays on disk
+            logger.warning("moved the previous run to %s", aside)
     return run_dir, None
 
 
@@ -87,7 +90,7 @@ def write_run_info(run_dir: Path, cfg) -> None:
 
 def train(cfg, callbacks=()) -> dict:
     """Runs the whole job; returns the results (also written to <output_dir>/results.json)."""
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from goat.models import load_config, load_model
@@ -95,10 +98,12 @@ def train(cfg, callbacks=()) -> dict:
     from goat.trainer import Trainer
 
     t = cfg.trainer
-    adapter_cfg = check_config(cfg, PartialState(cpu=t.cpu).num_processes)
+    launched = distributed.process_state(t.cpu)
+    adapter_cfg = check_config(cfg, launched.num_processes, distributed.is_deepspeed(launched))
     check_output_dir(cfg.output_dir)
     check_model(adapter_cfg, cfg.model, load_config(cfg.model))
-    run_dir, resume_checkpoint = prepare_run_dir(cfg)
+    run_dir, resume_checkpoint = prepare_run_dir(cfg, launched.is_main_process)
+    launched.wait_for_everyone()
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision, cpu=t.cpu, log_with="wandb" if cfg.logger.backend == "wandb" else None
     )
@@ -109,8 +114,9 @@ def train(cfg, callbacks=()) -> dict:
         write_run_info(run_dir, cfg)
     accelerator.wait_for_everyone()
 
-    model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None))
-    model = apply_adapter(model, adapter_cfg)
+    with distributed.whole_weights(accelerator):
+        model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None))
+        model = apply_adapter(model, adapter_cfg)
     build = PIPELINES.get(type(task).__name__, classification_pipeline)
     loader, evaluator, main_metric = build(cfg, task, tokenizer, accelerator, run_dir)
     log = MetricsLog(run_dir, accelerator, cfg.logger, OmegaConf.to_container(cfg, resolve=True))
@@ -125,8 +131,10 @@ def train(cfg, callbacks=()) -> dict:
         logger.warning("stopped at step %d; checkpoint saved. Continue with resume=auto", state.step)
         return {"status": "interrupted", "step": state.step}
     results = _results(cfg, task, state, trainer, time.perf_counter() - start, state.step - first_step)
+    with distributed.gathered(trainer.params, accelerator):  # ZeRO-3: whole weights to save
+        if accelerator.is_main_process:
+            _save_final(accelerator.unwrap_model(trainer.model), run_dir)
     if accelerator.is_main_process:
-        _save_final(accelerator.unwrap_model(trainer.model), run_dir)
         _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
     return results
 
@@ -210,7 +218,7 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "train_seconds": round(seconds, 1),
         "epoch_hours": round(seconds / 3600 * trainer.steps_per_epoch / max(steps_run, 1), 4),
         "peak_memory_gb": _peak_memory_gb(),
-        "trainable_parameters": sum(p.numel() for p in trainer.params),
+        "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.params),  # ZeRO-3: whole
         "history": state.history,
     }
 

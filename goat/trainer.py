@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from goat import distributed
 from goat.adapters import auxiliary_loss, expert_load
-from goat.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from goat.checkpoint import (
+    ENGINE_TAG,
+    engine_staging_dir,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
 from goat.schedule import make_scheduler
 
 
@@ -45,9 +54,13 @@ class Trainer:
         self.sampler = train_loader.sampler
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.t.lr, weight_decay=self.t.weight_decay)
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
-        self.params = params
         self.accumulation = self.t.batch_size // (self.t.micro_batch_size * accelerator.num_processes)
+        self.deepspeed = distributed.is_deepspeed(accelerator)
+        if self.deepspeed:
+            distributed.configure_deepspeed(accelerator, self.t, self.accumulation)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        # FSDP2 replaces the parameters by sharded ones: clip and check those
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)
         self.total_steps = self.t.max_steps or math.ceil(self.t.epochs * self.steps_per_epoch)
         warmup = (
@@ -60,8 +73,9 @@ class Trainer:
 
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
+        engine = self.model if self.deepspeed else None
         position = load_checkpoint(
-            checkpoint, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler
+            checkpoint, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, engine
         )
         self.state = TrainState(
             step=position["step"],
@@ -96,16 +110,29 @@ class Trainer:
             "best": self.state.best,
         }
         self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.model)
+        engine_dir, trainable = None, None
+        if self.deepspeed:  # every process writes its part of the optimizer state, and ZeRO-3 its weights
+            engine_dir = engine_staging_dir(self.run_dir, self.state.step)
+            if self.accelerator.is_main_process:
+                shutil.rmtree(engine_dir, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self.model.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, exclude_frozen_parameters=True)
+            with distributed.gathered(self.params, self.accelerator):
+                trainable = trainable_state(model) if self.accelerator.is_main_process else None
+            self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return self.run_dir
         return save_checkpoint(
             self.run_dir,
             self.state.step,
-            self.accelerator.unwrap_model(self.model),
+            model,
             self.optimizer,
             self.scheduler,
             position,
             self.t.keep_last,
+            engine_dir=engine_dir,
+            trainable=trainable,
         )
 
     # ----- the loop -----
@@ -142,12 +169,16 @@ class Trainer:
         records = []
         for index, batch in enumerate(group):
             sync = index == len(group) - 1
-            context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
+            quiet = not sync and not self.deepspeed
+            context = self.accelerator.no_sync(self.model) if quiet else contextlib.nullcontext()
             with context:
                 output = self.model(**batch)
                 balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
                 loss = output.loss if balance is None else output.loss + balance
-                self.accelerator.backward(loss / len(group))
+                if self.deepspeed:  # the engine steps at the last micro-batch, inside backward
+                    distributed.backward(self.accelerator, loss / len(group), ends_step=sync)
+                else:
+                    self.accelerator.backward(loss / len(group))
             records.append((output.loss.detach(), balance, batch, loss.detach()))
         norm = self.accelerator.clip_grad_norm_(self.params, self.t.max_grad_norm) if self.t.max_grad_norm else None
         if not self._finite([r[3] for r in records], norm):
