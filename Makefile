@@ -1,7 +1,7 @@
 # goat: `make help` lists the targets.
 PYTHON ?= python
 
-.PHONY: help install test test-slow test-gpu lint bench reproduce-small
+.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench reproduce-small
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -11,6 +11,12 @@ install:  ## editable install with the test extras
 
 test:  ## the default test run (CPU, under 15 minutes on 2 cores)
 	$(PYTHON) -m pytest -m "not slow and not gpu"
+
+install-deepspeed:  ## DeepSpeed for ZeRO-2/3, built against the installed torch (no CUDA torch download)
+	$(PYTHON) -m pip install --no-build-isolation 'deepspeed>=0.17'
+
+test-distributed:  ## multi-process tests on the CPU: DDP, and ZeRO-2/3 when DeepSpeed is installed
+	$(PYTHON) -m pytest tests/test_distributed.py -m "slow or not slow"
 
 test-slow:  ## slow tests (CPU)
 	$(PYTHON) -m pytest -m "slow"
