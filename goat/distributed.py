@@ -11,8 +11,13 @@ configs/accelerate/zero2.yaml` or `zero3.yaml`); DDP needs nothing beyond Accele
 from __future__ import annotations
 
 import contextlib
+import os
 
+import torch
+from accelerate import PartialState
 from accelerate.utils import DistributedType
+
+from goat.checks import ConfigError
 
 
 def is_deepspeed(accelerator) -> bool:
@@ -39,7 +44,7 @@ def configure_deepspeed(accelerator, trainer_cfg, accumulation: int) -> None:
 def backward(accelerator, loss, ends_step: bool) -> None:
     """One micro-batch's backward; at the last micro-batch of an optimizer step the engine reduces the
     gradients and steps (clipping included), otherwise it only accumulates."""
-    accelerator.gradient_state._set_sync_gradients(ends_step)
+    accelerator.gradient_state._set_sync_gradients(ends_step)  # Accelerate has no public setter for this
     accelerator.backward(loss, scale_wrt_gas=False)
 
 
@@ -57,13 +62,6 @@ def process_state(cpu: bool):
 
     DeepSpeed processes started by torchrun on a machine without GPUs talk over gloo (DeepSpeed's CPU path,
     which the tests use to run ZeRO on real processes)."""
-    import os
-
-    import torch
-    from accelerate import PartialState
-
-    from goat.checks import ConfigError
-
     deepspeed_on_cpu = (
         not cpu
         and not torch.cuda.is_available()
