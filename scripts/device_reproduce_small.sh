@@ -6,11 +6,11 @@
 # of their results.json, metrics.jsonl and config files (no weights) plus the grid's log.
 # Usage there: SEEDS=0 LIMIT=540 bash scripts/device_reproduce_small.sh
 set -uo pipefail
-# WHEELS, DATA and MODEL name other folders (e.g. a smaller carry: scratch/c7/wheels, scratch/c7/minilm).
+# TABLE picks another table of the same setting (small_ablation). WHEELS, DATA and MODEL name other folders (e.g. a smaller carry: scratch/c7/wheels, scratch/c7/minilm).
 python3 -m pip install --no-deps --no-index -q "${WHEELS:-scratch/wheels}"/*.whl 2>&1 | tail -2
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-timeout "${LIMIT:-540}" python3 -m goat.grid small --methods "${METHODS:-*}" --seeds "${SEEDS:-0}" --in-process \
+timeout "${LIMIT:-540}" python3 -m goat.grid "${TABLE:-small}" --methods "${METHODS:-*}" --seeds "${SEEDS:-0}" --in-process \
   --data "${DATA:-scratch/data}" --runs runs-gpu --set "model.name_or_path=$PWD/${MODEL:-scratch/minilm-fp16}" \
   --set logger=none --set trainer.progress=false 2>&1 | grep -v -e "^Loading weights" -e "LOAD REPORT" \
   | tee "${OUT:-/tmp}/grid-seeds-$(echo "${SEEDS:-0}" | tr , _).log" | grep -E "finished|failed|runs|Error" | tail -60
