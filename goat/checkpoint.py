@@ -86,8 +86,10 @@ def save_checkpoint(
     root = Path(root) / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = final.with_name(final.name + TMP_SUFFIX)
-    for stale in root.glob(f"step-*{TMP_SUFFIX}"):  # left by a process killed mid-save
-        shutil.rmtree(stale, ignore_errors=True)
+    leftovers = [*root.glob(f"step-*{TMP_SUFFIX}"), *root.glob("step-*.engine")]  # a process killed mid-save
+    for stale in leftovers:
+        if engine_dir is None or stale != Path(engine_dir):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
         trainable = trainable if trainable is not None else trainable_state(model)
