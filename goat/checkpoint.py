@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from goat.distributed import assign
+
 STEP_DIR = re.compile(r"step-(\d{8})")
 TMP_SUFFIX = ".tmp"
 MANIFEST = "manifest.json"
@@ -77,12 +79,14 @@ def save_checkpoint(
     keep_last: int,
     engine_dir: Path | None = None,
     trainable: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Writes checkpoints/step-<step>/ atomically and verified, then deletes all but the newest `keep_last`.
 
     Under DeepSpeed the optimizer state is partitioned over the processes: each one has written its part into
     `engine_dir` (engine.save_checkpoint), which moves into the checkpoint as engine/ and is covered by the
-    manifest; `trainable` is then the gathered trainable state (ZeRO-3 partitions the parameters too)."""
+    manifest; `trainable` is then the gathered trainable state (ZeRO-3 and FSDP shard the parameters), and
+    `optimizer_state` the optimizer state gathered whole (FSDP)."""
     root = Path(root) / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = final.with_name(final.name + TMP_SUFFIX)
@@ -97,7 +101,7 @@ def save_checkpoint(
         rng_tensors, rng_plain = rng_state()
         state = {"scheduler": scheduler.state_dict(), "rng": rng_tensors}
         if engine_dir is None:
-            state["optimizer"] = optimizer.state_dict()
+            state["optimizer"] = optimizer_state if optimizer_state is not None else optimizer.state_dict()
         else:
             os.replace(engine_dir, partial / ENGINE_DIR)
         torch.save(state, partial / "state.pt")
@@ -166,9 +170,10 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None, restore_optimizer=None) -> dict:
     """Restores a checkpoint into model/optimizer/scheduler and the RNGs; returns the loop position. Under
-    DeepSpeed, `engine` restores the trainable weights and this process's part of the optimizer state."""
+    DeepSpeed, `engine` restores the trainable weights and this process's part of the optimizer state;
+    `restore_optimizer(state)` replaces optimizer.load_state_dict (FSDP shards the saved whole state)."""
     path = Path(path)
     if not (path / "position.json").exists():
         raise FileNotFoundError(f"{path} is not a goat checkpoint (no position.json); pass a checkpoints/step-* dir")
@@ -188,12 +193,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dic
             f"checkpoint {path} does not match this model's trainable parameters (method or model "
             f"changed?): first mismatch {(missing or list(set(tensors) - set(params)))[0]!r}"
         )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
+    for name, value in tensors.items():
+        assign(params[name], value)
     state = torch.load(path / "state.pt", weights_only=True)
     if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
+        (restore_optimizer or optimizer.load_state_dict)(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], json.loads((path / "rng.json").read_text()))
     return json.loads((path / "position.json").read_text())

@@ -1,11 +1,13 @@
 """What the trainer does differently under DeepSpeed ZeRO (`accelerate launch --config_file
-configs/accelerate/zero2.yaml` or `zero3.yaml`); DDP needs nothing beyond Accelerate.
+configs/accelerate/zero2.yaml` or `zero3.yaml`) and FSDP2 (`fsdp.yaml`); DDP needs nothing beyond Accelerate.
 
 - The batch settings of the DeepSpeed config come from goat's trainer (micro-batch, accumulation, global
   batch) and so does gradient clipping: the YAML files leave them alone.
 - goat drives accumulation itself: every micro-batch's backward tells the engine whether it ends the
   optimizer step, and the loss is already divided by the number of micro-batches.
-- ZeRO-3 partitions the parameters: reading them (checkpoints, the final adapter) gathers them first.
+- ZeRO-3 and FSDP shard the parameters: reading them (checkpoints, the final adapter) gathers them first.
+- Under FSDP the optimizer state is saved whole (trainable parameters only: small for adapters) and sharded
+  again when a checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from goat.checks import ConfigError
 
 def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def is_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def shards_parameters(accelerator) -> bool:
+    """ZeRO-3 or FSDP: no process holds a whole weight outside forward passes, so every process must run the
+    same number of forward passes (generation included) and reading a weight needs a gather."""
+    return zero_stage(accelerator) == 3 or is_fsdp(accelerator)
 
 
 def zero_stage(accelerator) -> int:
@@ -41,6 +53,19 @@ def configure_deepspeed(accelerator, trainer_cfg, accumulation: int) -> None:
     accelerator.state.deepspeed_plugin.gradient_accumulation_steps = accumulation
 
 
+def configure_fsdp(accelerator, model) -> None:
+    """Chooses FSDP's shard groups before prepare(): the model's layer classes (_no_split_modules), without
+    those that contain the input embedding (BERT's BertEmbeddings): Accelerate gives the embedding a group
+    of its own, and FSDP refuses to shard a parameter twice. A list set in the accelerate config is kept."""
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.transformer_cls_names_to_wrap is not None:
+        return
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    holders = {type(m).__name__ for m in model.modules() if embedding is not None and embedding in m.modules()}
+    layers = list(getattr(model, "_no_split_modules", None) or [])
+    plugin.transformer_cls_names_to_wrap = [name for name in layers if name not in holders]
+
+
 def backward(accelerator, loss, ends_step: bool) -> None:
     """One micro-batch's backward; at the last micro-batch of an optimizer step the engine reduces the
     gradients and steps (clipping included), otherwise it only accumulates."""
@@ -48,43 +73,148 @@ def backward(accelerator, loss, ends_step: bool) -> None:
     accelerator.backward(loss, scale_wrt_gas=False)
 
 
-def gathered(params, accelerator):
-    """A context in which ZeRO-3-partitioned `params` are whole on every process (a no-op otherwise)."""
+def gathered(model, accelerator):
+    """A context in which the trainable weights of `model` (unwrapped), sharded by ZeRO-3 or FSDP, are whole on
+    every process: every process must enter it. A no-op otherwise."""
+    if is_fsdp(accelerator):
+        return _fsdp_whole_trainable(model)
     if zero_stage(accelerator) != 3:
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+    return deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad], modifier_rank=None)
+
+
+@contextlib.contextmanager
+def _fsdp_whole_trainable(model):
+    """Puts a whole copy of each sharded trainable parameter in its place (in fp32, not the bf16 copy that
+    FSDP's own unshard() would give under mixed precision), and the shards back afterwards."""
+    from torch.distributed.tensor import DTensor
+
+    resharded(model)
+    whole: dict[int, torch.nn.Parameter] = {}
+    swapped = []
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or not param.requires_grad or not isinstance(param, DTensor):
+                continue
+            if id(param) not in whole:  # a tied parameter is gathered once
+                whole[id(param)] = torch.nn.Parameter(param.full_tensor().detach())
+            module._parameters[name] = whole[id(param)]
+            swapped.append((module, name, param))
+    try:
+        yield
+    finally:
+        for module, name, param in reversed(swapped):
+            module._parameters[name] = param
+
+
+def resharded(model):
+    """Puts every FSDP group of `model` back in its sharded state: after a forward pass without backward
+    (evaluation), FSDP keeps the root group's parameters whole, and they are not the optimizer's parameters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return model
+
+
+def assign(param, value: torch.Tensor) -> None:
+    """param <- value (a whole tensor), for a plain parameter or an FSDP shard of one (each process keeps
+    its own slice of `value`, which every process has: no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            value = distribute_tensor(
+                value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None
+            )
+        param.copy_(value)
+
+
+def optimizer_state(model, optimizer, accelerator) -> dict:
+    """The optimizer's state to save: FSDP's shards gathered into whole tensors keyed by parameter name (every
+    process must call this; the main process gets it), else optimizer.state_dict()."""
+    if not is_fsdp(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(resharded(model), optimizer, options=options)
+
+
+def load_optimizer_state(model, optimizer, accelerator, state: dict) -> None:
+    """Restores what optimizer_state() saved; under FSDP every process reads the whole state and keeps its shard."""
+    if not is_fsdp(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(resharded(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def scalar(value) -> float | None:
+    """A gradient norm as a float (FSDP returns a DTensor)."""
+    if value is None:
+        return None
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+def _launched_on_cpu(engine: str) -> bool:
+    """torchrun started processes for DeepSpeed or FSDP on a machine without GPUs (the tests' CPU path)."""
+    return (
+        not torch.cuda.is_available()
+        and "LOCAL_RANK" in os.environ
+        and os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true"
+    )
 
 
 def process_state(cpu: bool):
-    """Accelerate's process state, checked: several processes must share one data-parallel engine.
+    """Accelerate's process state, checked: several processes must share one data-parallel engine, and FSDP
+    must be version 2 (fully_shard), whose parameters goat can gather and restore.
 
-    DeepSpeed processes started by torchrun on a machine without GPUs talk over gloo (DeepSpeed's CPU path,
-    which the tests use to run ZeRO on real processes)."""
-    deepspeed_on_cpu = (
-        not cpu
-        and not torch.cuda.is_available()
-        and "LOCAL_RANK" in os.environ
-        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    )
-    state = PartialState(cpu=cpu, **({"backend": "gloo"} if deepspeed_on_cpu else {}))
+    DeepSpeed and FSDP processes started by torchrun on a machine without GPUs talk over gloo (their CPU
+    paths, which the tests use to run ZeRO and FSDP on real processes)."""
+    fsdp_version = os.environ.get("FSDP_VERSION", "1")  # accelerate's default
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and fsdp_version != "2":
+        raise ConfigError(
+            f"FSDP version {fsdp_version} is not supported: set fsdp_version: 2 in the accelerate config "
+            "(configs/accelerate/fsdp.yaml does)"
+        )
+    deepspeed_on_cpu = not cpu and _launched_on_cpu("DEEPSPEED")
+    state = PartialState(cpu=cpu or _launched_on_cpu("FSDP"), **({"backend": "gloo"} if deepspeed_on_cpu else {}))
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # what torchrun / accelerate launch started
     if launched > 1 and (state.num_processes != launched or state.distributed_type not in SUPPORTED):
         raise ConfigError(
             f"{launched} processes were launched, and Accelerate sees {state.num_processes} with distributed "
-            f"type {state.distributed_type.value}: "
-            + (
-                "FSDP is not supported by goat yet; use configs/accelerate/ddp.yaml, zero2.yaml or zero3.yaml"
-                if state.distributed_type == DistributedType.FSDP
-                else "the processes would train unsynchronised. Launch with accelerate launch --config_file "
-                "configs/accelerate/ddp.yaml on GPUs, or torchrun with trainer=cpu on a machine without GPUs"
-            )
+            f"type {state.distributed_type.value}: the processes would train unsynchronised. Launch with "
+            "accelerate launch --config_file configs/accelerate/ddp.yaml on GPUs, or torchrun with trainer=cpu "
+            "on a machine without GPUs"
         )
     return state
 
 
-SUPPORTED = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.DEEPSPEED)
+SUPPORTED = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def make_accelerator(trainer_cfg, log_with=None):
+    """The run's Accelerator. On a machine without GPUs Accelerate turns FSDP off, so FSDP's CPU path (the
+    tests') is switched on here."""
+    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+
+    fsdp_on_cpu = _launched_on_cpu("FSDP")
+    accelerator = Accelerator(
+        mixed_precision=trainer_cfg.mixed_precision, cpu=trainer_cfg.cpu or fsdp_on_cpu, log_with=log_with
+    )
+    if fsdp_on_cpu and accelerator.num_processes > 1:
+        plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch sets
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        for state in (accelerator.state, PartialState()):  # a later AcceleratorState() copies PartialState's
+            state.distributed_type = DistributedType.FSDP
+    return accelerator
 
 
 @contextlib.contextmanager

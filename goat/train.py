@@ -90,7 +90,6 @@ def write_run_info(run_dir: Path, cfg) -> None:
 
 def train(cfg, callbacks=()) -> dict:
     """Runs the whole job; returns the results (also written to <output_dir>/results.json)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from goat.models import load_config, load_model
@@ -104,9 +103,7 @@ def train(cfg, callbacks=()) -> dict:
     check_model(adapter_cfg, cfg.model, load_config(cfg.model))
     run_dir, resume_checkpoint = prepare_run_dir(cfg, launched.is_main_process)
     launched.wait_for_everyone()
-    accelerator = Accelerator(
-        mixed_precision=t.mixed_precision, cpu=t.cpu, log_with="wandb" if cfg.logger.backend == "wandb" else None
-    )
+    accelerator = distributed.make_accelerator(t, log_with="wandb" if cfg.logger.backend == "wandb" else None)
     set_seed(t.seed)
     task = load_task(cfg.task, t.seed)
     num_labels = getattr(task, "num_labels", None)  # None for instruction tasks (causal LMs)
@@ -131,7 +128,7 @@ def train(cfg, callbacks=()) -> dict:
         logger.warning("stopped at step %d; checkpoint saved. Continue with resume=auto", state.step)
         return {"status": "interrupted", "step": state.step}
     results = _results(cfg, task, state, trainer, time.perf_counter() - start, state.step - first_step)
-    with distributed.gathered(trainer.params, accelerator):  # ZeRO-3: whole weights to save
+    with distributed.gathered(accelerator.unwrap_model(trainer.model), accelerator):  # ZeRO-3, FSDP: whole weights
         if accelerator.is_main_process:
             _save_final(accelerator.unwrap_model(trainer.model), run_dir)
     if accelerator.is_main_process:

@@ -58,6 +58,8 @@ class Trainer:
         self.deepspeed = distributed.is_deepspeed(accelerator)
         if self.deepspeed:
             distributed.configure_deepspeed(accelerator, self.t, self.accumulation)
+        if distributed.is_fsdp(accelerator):
+            distributed.configure_fsdp(accelerator, model)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         # FSDP2 replaces the parameters by sharded ones: clip and check those
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -74,9 +76,13 @@ class Trainer:
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
         engine = self.model if self.deepspeed else None
-        position = load_checkpoint(
-            checkpoint, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler, engine
-        )
+        model = self.accelerator.unwrap_model(self.model)
+        optimizer = self.optimizer.optimizer
+
+        def restore_optimizer(state):
+            distributed.load_optimizer_state(model, optimizer, self.accelerator, state)
+
+        position = load_checkpoint(checkpoint, model, self.optimizer, self.scheduler, engine, restore_optimizer)
         self.state = TrainState(
             step=position["step"],
             epoch=position["epoch"],
@@ -111,16 +117,19 @@ class Trainer:
         }
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.model)
-        engine_dir, trainable = None, None
+        engine_dir, trainable, optimizer_state = None, None, None
         if self.deepspeed:  # every process writes its part of the optimizer state, and ZeRO-3 its weights
             engine_dir = engine_staging_dir(self.run_dir, self.state.step)
             if self.accelerator.is_main_process:
                 shutil.rmtree(engine_dir, ignore_errors=True)
             self.accelerator.wait_for_everyone()
             self.model.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, exclude_frozen_parameters=True)
-            with distributed.gathered(self.params, self.accelerator):
+        if self.deepspeed or distributed.is_fsdp(self.accelerator):
+            with distributed.gathered(model, self.accelerator):
                 trainable = trainable_state(model) if self.accelerator.is_main_process else None
-            self.accelerator.wait_for_everyone()
+        if distributed.is_fsdp(self.accelerator):  # gathered whole: collective, every process takes part
+            optimizer_state = distributed.optimizer_state(model, self.optimizer.optimizer, self.accelerator)
+        self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return self.run_dir
         return save_checkpoint(
@@ -133,6 +142,7 @@ class Trainer:
             self.t.keep_last,
             engine_dir=engine_dir,
             trainable=trainable,
+            optimizer_state=optimizer_state,
         )
 
     # ----- the loop -----
@@ -181,6 +191,7 @@ class Trainer:
                     self.accelerator.backward(loss / len(group))
             records.append((output.loss.detach(), balance, batch, loss.detach()))
         norm = self.accelerator.clip_grad_norm_(self.params, self.t.max_grad_norm) if self.t.max_grad_norm else None
+        norm = distributed.scalar(norm)
         if not self._finite([r[3] for r in records], norm):
             self._nonfinite([r[3] for r in records], norm)  # raises unless trainer.on_nonfinite=skip
             self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_run_overrides
+from tests.test_instruction_e2e import data_and_model  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -106,7 +107,7 @@ def launch_env(path: Path):
     if args.use_deepspeed:
         args.deepspeed_fields_from_accelerate_config = list(defaults.deepspeed_config)
         return args, prepare_deepspeed_cmd_env(args)[1]
-    if args.multi_gpu:
+    if args.multi_gpu or args.use_fsdp:
         return args, prepare_multi_gpu_env(args)
     command, env = prepare_simple_launcher_cmd_env(args)
     assert command[-3:] == ["-m", "goat.cli", "task=glue/cola"]
@@ -122,10 +123,19 @@ def test_accelerate_configs_parse_and_build_a_launch(path):
         assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
         assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == path.stem[-1]
         assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "false"  # whole weights for the SVD initialisation
+    if path.name == "fsdp.yaml":
+        assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+        assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"  # whole weights for the SVD initialisation
 
 
 def test_shipped_accelerate_configs():
-    assert {p.name for p in ACCELERATE_CONFIGS} == {"single_gpu.yaml", "ddp.yaml", "zero2.yaml", "zero3.yaml"}
+    assert {p.name for p in ACCELERATE_CONFIGS} == {
+        "single_gpu.yaml",
+        "ddp.yaml",
+        "zero2.yaml",
+        "zero3.yaml",
+        "fsdp.yaml",
+    }
 
 
 def test_processes_without_a_data_parallel_engine_are_refused(tiny_model_dir, keyword_data, tmp_path):
@@ -167,3 +177,98 @@ def test_deepspeed_zero_trains_what_one_process_trains_and_resumes_exactly(
     final = load_file(str(resumed / "final" / "adapter_model.safetensors"))
     for key, value in adapters[zero].items():
         torch.testing.assert_close(final[key], value, rtol=0, atol=0)
+
+
+def fsdp_env() -> dict:
+    _, env = launch_env(ROOT / "configs" / "accelerate" / "fsdp.yaml")
+    keep = {k: v for k, v in env.items() if k.startswith(("ACCELERATE", "FSDP"))}
+    return keep | {"ACCELERATE_MIXED_PRECISION": "no"}
+
+
+@pytest.mark.parametrize("method", ["goat", pytest.param("lora", marks=pytest.mark.slow)])
+def test_fsdp_trains_what_one_process_trains_and_resumes_exactly(method, tiny_model_dir, keyword_data, tmp_path):
+    """FSDP2 from the shipped config, on 2 CPU processes (gloo): the same loss curve and adapter as one plain
+    process; the checkpoint holds the whole trainable weights and optimizer state, and a resume from it
+    finishes on the uninterrupted run's adapter."""
+    common = [*NO_DROPOUT, f"method={method}", "trainer.max_steps=12", "trainer.log_every_steps=1"]
+    common.append("trainer.save_every_steps=6")
+    plain = tmp_path / "plain"
+    launch(1, tiny_run_overrides(tiny_model_dir, keyword_data, plain, *common), tmp_path / "home-plain")
+    sharded = tmp_path / "fsdp"
+    log = launch(
+        2, tiny_run_overrides(tiny_model_dir, keyword_data, sharded, *common), tmp_path / "home-fsdp", fsdp_env()
+    )
+    assert losses(sharded) == pytest.approx(losses(plain), abs=1e-5) and len(losses(plain)) == 12
+    adapters = {d: load_file(str(d / "final" / "adapter_model.safetensors")) for d in (plain, sharded)}
+    assert adapters[sharded].keys() == adapters[plain].keys()
+    for key, value in adapters[plain].items():
+        torch.testing.assert_close(adapters[sharded][key], value, rtol=0, atol=1e-5)
+    first, second = (json.loads((d / "results.json").read_text()) for d in (plain, sharded))
+    assert second["final"] == pytest.approx(first["final"], abs=1e-4)
+    assert log.stdout.count("majority-class baseline") == 1
+    checkpoint = sharded / "checkpoints" / "step-00000006"
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    saved = load_file(str(checkpoint / "trainable.safetensors"))
+    assert set(state["optimizer"]["state"]) == set(saved)  # whole, keyed by parameter name
+    resumed = tmp_path / "resumed"
+    overrides = tiny_run_overrides(tiny_model_dir, keyword_data, resumed, *common, f"resume={checkpoint}")
+    launch(2, overrides, tmp_path / "home-fsdp", fsdp_env())
+    final = load_file(str(resumed / "final" / "adapter_model.safetensors"))
+    for key, value in adapters[sharded].items():
+        torch.testing.assert_close(final[key], value, rtol=0, atol=0)
+
+
+def test_fsdp_version_1_is_refused_before_training(tiny_model_dir, keyword_data, tmp_path):
+    out = tmp_path / "run"
+    done = launch(
+        2,
+        tiny_run_overrides(tiny_model_dir, keyword_data, out),
+        tmp_path / "home",
+        fsdp_env() | {"FSDP_VERSION": "1"},
+        ok=False,
+    )
+    assert "FSDP version 1 is not supported: set fsdp_version: 2" in done.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def test_fsdp_generation_keeps_uneven_shards_in_step(data_and_model, tmp_path):  # noqa: F811 - the fixture
+    """Generation under FSDP: 5 test prompts over 2 processes, one per batch, is 3 generate() calls on one
+    process and 2 on the other; every forward pass gathers weights from both, so the short shard is padded
+    (or the run would hang). The gathered completions equal one plain process's."""
+    root, model_dir, _ = data_and_model
+    overrides = [
+        "task=commonsense/boolq",
+        f"task.data_dir={root}",
+        "task.train_file=mix.json",
+        "task.max_length=96",
+        "task.max_new_tokens=6",
+        "task.max_eval_samples=5",
+        f"model.name_or_path={model_dir}",
+        "model.from_config=true",
+        "model.dtype=float32",
+        "method=goat",
+        "method.r=16",
+        "method.lora_alpha=32",
+        "method.lora_dropout=0.0",
+        "method.target_modules=null",
+        "trainer=cpu",
+        "trainer.max_steps=2",
+        "trainer.batch_size=8",
+        "trainer.micro_batch_size=4",
+        "trainer.eval_batch_size=1",
+        "trainer.progress=false",
+        "logger=none",
+    ]
+    outs = {1: tmp_path / "plain", 2: tmp_path / "fsdp"}
+    for processes, out in outs.items():
+        env = fsdp_env() if processes == 2 else None
+        launch(processes, [*overrides, f"output_dir={out}"], tmp_path / f"home-{processes}", env)
+    rows = {
+        n: [
+            json.loads(line)
+            for line in (out / "generations" / "step-00000002" / "boolq.jsonl").read_text().splitlines()
+        ]
+        for n, out in outs.items()
+    }
+    assert [r["index"] for r in rows[2]] == [0, 1, 2, 3, 4]
+    assert [r["completion"] for r in rows[2]] == [r["completion"] for r in rows[1]]

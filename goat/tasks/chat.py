@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goat.tasks.base import DataUnavailableError
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate
+from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate_in_step
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 REFUSALS = ("sorry", "as an ai")
@@ -82,13 +82,13 @@ def write_mt_bench_answers(model, tokenizer, task: ChatTask, accelerator, batch_
     was_training = unwrapped.training
     unwrapped.eval()
     with accelerator.split_between_processes(list(task.questions)) as shard:
-        first = generate(
+        first = generate_in_step(
             unwrapped,
             tokenizer,
             [alpaca_prompt(q["turns"][0]) for q in shard],
             task.max_new_tokens,
             batch_size,
-            accelerator.device,
+            accelerator,
             **task.decoding,
         )
         seconds = [
@@ -97,7 +97,7 @@ def write_mt_bench_answers(model, tokenizer, task: ChatTask, accelerator, batch_
         ]
         asked = [p for p in seconds if p is not None]
         answers = iter(
-            generate(unwrapped, tokenizer, asked, task.max_new_tokens, batch_size, accelerator.device, **task.decoding)
+            generate_in_step(unwrapped, tokenizer, asked, task.max_new_tokens, batch_size, accelerator, **task.decoding)
         )
         rows = [
             {

@@ -121,6 +121,25 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return completions
 
 
+def generate_in_step(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, accelerator, **decoding
+):
+    """generate() on this process's prompts. Under ZeRO-3 or FSDP every forward pass gathers weights from all
+    processes, so they must run the same number of batches and tokens: the shorter shards are padded with
+    copies of a prompt (their completions dropped) and generate() keeps stepping until all are done."""
+    from goat import distributed
+
+    if accelerator.num_processes == 1 or not distributed.shards_parameters(accelerator):
+        return generate(model, tokenizer, prompts, max_new_tokens, batch_size, accelerator.device, **decoding)
+    count = torch.tensor([len(prompts)], device=accelerator.device)
+    longest = int(accelerator.gather(count).max())
+    filler = [prompts[0] if prompts else "Hello"] * (longest - len(prompts))
+    completions = generate(
+        model, tokenizer, prompts + filler, max_new_tokens, batch_size, accelerator.device, synced_gpus=True, **decoding
+    )
+    return completions[: len(prompts)]
+
+
 def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, out_dir: Path | None = None) -> dict:
     """Per-set accuracy (%) and their average; the test sets are split over processes and gathered.
 
@@ -139,8 +158,8 @@ def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, ou
     for name, records in task.eval_sets.items():
         with accelerator.split_between_processes(list(enumerate(records))) as shard:
             prompts = [record["prompt"] for _, record in shard for _ in range(n)]
-            completions = generate(
-                unwrapped, tokenizer, prompts, task.max_new_tokens, batch_size, accelerator.device, **task.decoding
+            completions = generate_in_step(
+                unwrapped, tokenizer, prompts, task.max_new_tokens, batch_size, accelerator, **task.decoding
             )
             rows = []
             for j, (i, record) in enumerate(shard):
