@@ -1,10 +1,13 @@
-"""One GLUE run under every shipped accelerate config on this machine's GPUs, side by side: loss curves and
+"""One run under every shipped accelerate config on this machine's GPUs, side by side: loss curves and
 throughput against the single-GPU run (and a second seed of it, for the noise floor). Writes a Markdown table.
 
-    python scripts/distributed_check.py --model PATH --data scratch/data/glue/sst2 --out docs/results/distributed
+    python scripts/distributed_check.py --task sst2 --model MINILM_DIR --data DIR/glue/sst2 --out OUT
+    python scripts/distributed_check.py --task gsm8k --model SMOLLM2_DIR --data DIR/math --out OUT
 
-With 2+ GPUs: single, single seed 1, ddp, zero2, zero3 (2 processes, the same global batch). With 1 GPU:
-single, single seed 1, zero2, zero3 on one process (checks DeepSpeed's GPU path, not scaling).
+sst2: all-MiniLM-L6-v2 on GLUE SST-2; gsm8k: SmolLM2-135M on GSM8K (data: the folder holding
+gsm8k_official/). With 2+ GPUs: single, single seed 1, ddp, zero2, zero3, fsdp (2 processes, the same global
+batch). With 1 GPU: single, single seed 1, zero2, zero3, fsdp on one process (checks the engines' GPU paths, not
+scaling).
 """
 
 from __future__ import annotations
@@ -23,13 +26,38 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TASKS = {  # overrides, the default global batch, training examples and the description in the table
+    "sst2": (
+        ["task=glue/sst2", "task.max_eval_samples=872", "trainer.warmup_steps=10"],
+        64,
+        16000,
+        "MiniLM on GLUE SST-2",
+    ),
+    "gsm8k": (
+        [
+            "task=math/gsm8k",
+            "model=smollm2-135m",
+            "task.max_length=384",
+            "task.max_eval_samples=64",
+            "task.max_new_tokens=96",
+            "trainer.lr=2e-4",
+            "trainer.warmup_steps=10",
+            "trainer.eval_batch_size=64",
+        ],
+        32,
+        4000,
+        "SmolLM2-135M on GSM8K",
+    ),
+}
+
+
 def run(name: str, config: str | None, processes: int, args, extra: list[str]) -> dict:
     out = Path(args.runs) / name
+    task_overrides = TASKS[args.task][0]
     overrides = [
-        "task=glue/sst2",
+        *task_overrides,
         f"task.data_dir={args.data}",
         f"task.max_train_samples={args.train_samples}",
-        "task.max_eval_samples=872",
         f"model.name_or_path={args.model}",
         f"method={args.method}",
         f"trainer.max_steps={args.steps}",
@@ -37,7 +65,6 @@ def run(name: str, config: str | None, processes: int, args, extra: list[str]) -
         f"trainer.micro_batch_size={args.batch // 2}",
         "trainer.log_every_steps=5",
         "trainer.progress=false",
-        "trainer.warmup_steps=10",
         "logger=none",
         f"output_dir={out}",
         "overwrite=true",
@@ -70,32 +97,38 @@ def run(name: str, config: str | None, processes: int, args, extra: list[str]) -
         "processes": processes,
         "curve": curve,
         "tokens_per_s": statistics.median(speeds),
-        "accuracy": results["final"]["validation/accuracy"],
+        "accuracy": results["final"][results["main_metric"]],
         "wall": wall,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", choices=sorted(TASKS), default="sst2")
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", default="runs-distributed")
     parser.add_argument("--method", default="goat")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--train-samples", type=int, default=16000)
+    parser.add_argument("--batch", type=int, help="global batch (default: the task's)")
+    parser.add_argument("--train-samples", type=int, help="training examples (default: the task's)")
+    parser.add_argument("--only", help="comma-separated run names to do (default: all)")
     args = parser.parse_args()
+    _, batch, samples, described = TASKS[args.task]
+    args.batch, args.train_samples = args.batch or batch, args.train_samples or samples
     gpus = torch.cuda.device_count()
     n = 2 if gpus >= 2 else 1
     plan = [("single", None, 1, []), ("single-seed1", None, 1, ["trainer.seed=1"])]
     if n == 2:
         plan.append(("ddp", "ddp", 2, []))
-    plan += [("zero2", "zero2", n, []), ("zero3", "zero3", n, [])]
+    plan += [("zero2", "zero2", n, []), ("zero3", "zero3", n, []), ("fsdp", "fsdp", n, [])]
+    if args.only:
+        plan = [p for p in plan if p[0] in args.only.split(",") or p[0] == "single"]
     results = [run(name, config, processes, args, extra) for name, config, processes, extra in plan]
     reference = results[0]
     lines = [
-        f"{gpus} x {torch.cuda.get_device_name(0)}; {args.method}, MiniLM on GLUE SST-2, global batch {args.batch}, "
+        f"{gpus} x {torch.cuda.get_device_name(0)}; {args.method}, {described}, global batch {args.batch}, "
         f"{args.steps} steps, bf16; {time.strftime('%Y-%m-%d')}",
         "",
         "| run | processes | tokens/s | vs single | max abs loss diff vs single | mean abs diff | accuracy | wall s |",
