@@ -21,7 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, run_dir, runs_folder
+from goat.tables import (
+    RESULTS_FILE,
+    cell_variant,
+    leaf_columns,
+    load_spec,
+    run_dir,
+    runs_folder,
+    sweep_points,
+    swept_variant,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # tests and CI only; pass --data
 
@@ -64,7 +73,8 @@ class Run:
 
 def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     """(task, variant, overrides without the seed) of every runnable cell; averaged columns expand to the
-    cells of the table they average, for this table's rows (Table 8: GOAT-s on every task of Tables 1-4)."""
+    cells of the table they average, for this table's rows (Table 8: GOAT-s on every task of Tables 1-4), and a
+    table with a sweep runs each cell at every value (variant <row>_lr2e-4)."""
     table = spec["tables"][name]
     skipped = set(table.get("not_run", []))
     cells = []
@@ -77,7 +87,8 @@ def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
             for source, leaf in leaf_columns(spec, name, column):
                 extra = spec["tables"][source].get("overrides", [])
                 overrides = [*spec["variants"][row], *extra, *leaf.get("overrides", [])]
-                cells.append((leaf["task"], cell_variant(row, leaf), overrides))
+                for suffix, point in sweep_points(spec["tables"][source], row):
+                    cells.append((leaf["task"], swept_variant(cell_variant(row, leaf), suffix), [*overrides, *point]))
     return cells
 
 
@@ -229,6 +240,84 @@ def execute(
     return failed
 
 
+def _worker(device: str | None, todo, done) -> None:
+    """A worker of execute_parallel: trains runs from `todo` in this process until it is empty or a run is stopped."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch starts CUDA in this fresh (spawned) process
+    stop = {"requested": False}
+    # between runs a SIGTERM only asks to stop; during one, the trainer's own handler saves a checkpoint
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(requested=True))
+    while not stop["requested"]:
+        run = todo.get()
+        if run is None:
+            break
+        start = time.perf_counter()
+        status = run_in_process(run)
+        done.put((run, status, time.perf_counter() - start))
+        if status == "interrupted":
+            break
+
+
+def visible_gpus() -> list[str | None]:
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] or [None]
+
+
+def execute_parallel(runs: list[Run], workers: int, log=print) -> list[Run]:
+    """Trains the unfinished runs with `workers` processes, each taking the next run from one queue and training
+    it in-process; workers are spread over the visible GPUs. A small model leaves a GPU mostly idle (its steps
+    are bound by kernel launches), so several runs at once finish a grid several times sooner.
+
+    Runs go seed by seed (every seed-0 run before any seed-1 run), so a grid cut short leaves whole seeds. A
+    failed run is logged and the others go on; SIGTERM stops every worker (the runs in progress save a
+    checkpoint) and no further run starts. Returns the runs that did not finish."""
+    import multiprocessing
+
+    todo = sorted((run for run in runs if run.state() != "finished"), key=lambda run: run.seed)
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go, {workers} workers")
+    context = multiprocessing.get_context("spawn")  # a fresh process: no CUDA state or threads inherited
+    queue, done = context.Queue(), context.Queue()
+    for run in todo:
+        queue.put(run)
+    gpus = visible_gpus()
+    count = min(workers, len(todo))
+    for _ in range(count):
+        queue.put(None)
+    processes = [context.Process(target=_worker, args=(gpus[i % len(gpus)], queue, done)) for i in range(count)]
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, request_stop) if main_thread else None
+    try:
+        for process in processes:
+            process.start()
+        reported = 0
+        while reported < len(todo) and (any(p.is_alive() for p in processes) or not done.empty()):
+            try:
+                run, status, seconds = done.get(timeout=1)
+            except Exception:  # noqa: BLE001 - queue.Empty: poll the workers again
+                continue
+            reported += 1
+            what = {"finished": "finished", "interrupted": "stopped by SIGTERM (checkpoint saved)"}.get(status, status)
+            log(f"[{reported}/{len(todo)}] {run.task} {run.variant} seed {run.seed}: {what} in {seconds:.0f} s")
+        for process in processes:
+            process.join()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    failed = [run for run in todo if run.state() != "finished"]
+    if stop["requested"] and failed:
+        log("SIGTERM: the grid stopped; rerun the command to continue it")
+    return failed
+
+
 def _split(text: str | None) -> list[str] | None:
     return [part for part in (text or "").replace(",", " ").split() if part] or None
 
@@ -248,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--in-process", action="store_true", help="train every run in this process (one GPU or CPU; faster small grids)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train this many runs at once, in-process, spread over the visible GPUs (small models on a GPU)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the grid and exit")
     args = parser.parse_args(argv)
@@ -271,9 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe(runs, args.gpus, args.accelerate_config))
         return 0
-    if args.in_process and args.gpus > 1:
-        parser.error("--in-process runs on one device; drop it for --gpus > 1")
-    failed = execute(runs, args.gpus, args.accelerate_config, in_process=args.in_process)
+    if (args.in_process or args.workers > 1) and args.gpus > 1:
+        parser.error("--in-process and --workers run each run on one device; drop them for --gpus > 1")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        failed = execute_parallel(runs, args.workers)
+    else:
+        failed = execute(runs, args.gpus, args.accelerate_config, in_process=args.in_process)
     if failed:
         print(f"{len(failed)} runs failed: " + ", ".join(f"{r.task}/{r.variant}/seed{r.seed}" for r in failed))
         return 1

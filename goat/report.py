@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, runs_folder
+from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, runs_folder, sweep_points, swept_variant
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Cell:
     values: list[float] = field(default_factory=list)  # one per finished seed (or the leaf means, averaged)
     seeds: list[int] = field(default_factory=list)
     paper: float | None = None
+    chosen: str = ""  # a swept table's cell: the value whose mean is best (e.g. "lr6e-4")
 
     @property
     def mean(self) -> float | None:
@@ -35,9 +36,10 @@ class Cell:
     def ours(self) -> str:
         if not self.values:
             return ""
+        at = f" @ {self.chosen}" if self.chosen else ""
         if len(self.values) == 1:
-            return f"{self.values[0]:.2f}"
-        return f"{self.mean:.2f} ± {statistics.stdev(self.values):.2f} (n={len(self.values)})"
+            return f"{self.values[0]:.2f}{at}"
+        return f"{self.mean:.2f} ± {statistics.stdev(self.values):.2f} (n={len(self.values)}){at}"
 
 
 def finished_runs(folder: Path, task: str, variant: str) -> list[dict]:
@@ -59,16 +61,41 @@ def metric_value(results: dict, key: str | None, metric: str | None) -> float | 
     return None if value is None else float(value)
 
 
-def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -> Cell:
+def point_cell(spec: dict, root: Path, table_name: str, column: dict, variant: str) -> Cell:
     cell = Cell()
     folder = runs_folder(spec, table_name, root)
     metric = spec["tables"][table_name].get("metric")
-    for results in finished_runs(folder, column["task"], cell_variant(row, column)):
+    for results in finished_runs(folder, column["task"], variant):
         value = metric_value(results, column.get("key"), metric)
         if value is not None:
             cell.values.append(value)
             cell.seeds.append(results.get("seed", 0))
     return cell
+
+
+def sweep_cells(spec: dict, root: Path, table_name: str, column: dict, row: str) -> dict[str, Cell]:
+    """A cell at each point of the table's sweep, by suffix ("lr2e-4"); one point "" without a sweep."""
+    variant = cell_variant(row, column)
+    return {
+        suffix: point_cell(spec, root, table_name, column, swept_variant(variant, suffix))
+        for suffix, _ in sweep_points(spec["tables"][table_name], row)
+    }
+
+
+def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -> Cell:
+    """A column's cell; in a swept table, the point with the best mean over the seeds that every point has
+    (a lucky single seed must not win against three), blank until every point has one."""
+    points = sweep_cells(spec, root, table_name, column, row)
+    if len(points) == 1:
+        return next(iter(points.values()))
+    common = set.intersection(*(set(cell.seeds) for cell in points.values()))
+    if not common:
+        return Cell()
+    restricted = {
+        suffix: Cell(*map(list, zip(*[(v, s) for v, s in zip(cell.values, cell.seeds) if s in common])), chosen=suffix)
+        for suffix, cell in points.items()
+    }
+    return max(restricted.values(), key=lambda cell: cell.mean)
 
 
 def table_cells(spec: dict, root: Path, name: str) -> dict[str, list[Cell]]:
@@ -139,10 +166,43 @@ def markdown(spec: dict, root: Path, name: str) -> str:
         seeds = sorted(set().union(*(c.seeds for c in row_cells)))
         label = f"{row} (not run)" if row in not_run else row
         lines.append(f"| {label} | " + " | ".join(parts) + f" | {','.join(map(str, seeds))} |")
+    if table.get("sweep"):
+        lines += sweep_markdown(spec, root, name)
     models = run_models(spec, root, name)
     if models:
         lines += ["", "Models of our runs: " + "; ".join(models)]
     return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
+    """Every point of a swept table: per column, one row per method and one column per swept value; the point
+    the main table chose is in bold (empty: not a value of that row's sweep; — : no finished run)."""
+    table = spec["tables"][name]
+    sweep = table["sweep"]
+    values = {v for row in table["rows"] for v in (sweep.get("by_row") or {}).get(row, sweep["values"])}
+    ordered = sorted(values, key=float)
+    lines = []
+    for column in table["columns"]:
+        if "mean_of" in column:
+            continue
+        lines += [
+            "",
+            f"### {column['name']} at each {sweep['key']}",
+            "",
+            "| method | " + " | ".join(ordered) + " |",
+            "|---|" + "---|" * len(ordered),
+        ]
+        for row in table["rows"]:
+            points = sweep_cells(spec, root, name, column, row)
+            best = leaf_cell(spec, root, name, column, row).chosen
+            parts = []
+            for value in ordered:
+                suffix = f"{sweep['suffix']}{value}"
+                cell = points.get(suffix)
+                text = "" if cell is None else (cell.ours() or "—")
+                parts.append(f"**{text}**" if suffix == best and text else text)
+            lines.append(f"| {row} | " + " | ".join(parts) + " |")
+    return lines
 
 
 def csv_text(spec: dict, root: Path, name: str) -> str:
@@ -150,9 +210,17 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
     names, cells = _with_average(table, table_cells(spec, root, name))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "column", "ours_mean", "ours_std", "n", "seeds", "paper", "diff"])
-    for row, row_cells in cells.items():
-        for column, cell in zip(names, row_cells, strict=True):
+    header = ["method", "column", "ours_mean", "ours_std", "n", "seeds", "paper", "diff"]
+    writer.writerow([*header, "chosen"] if table.get("sweep") else header)
+    rows = {row: list(zip(names, row_cells, strict=True)) for row, row_cells in cells.items()}
+    if table.get("sweep"):  # every point after the chosen ones: column "CoLA lr2e-4"
+        for row in rows:
+            for column in table["columns"]:
+                if "mean_of" not in column:
+                    points = sweep_cells(spec, root, name, column, row).items()
+                    rows[row] += [(f"{column['name']} {suffix}", cell) for suffix, cell in points]
+    for row, row_cells in rows.items():
+        for column, cell in row_cells:
             std = statistics.stdev(cell.values) if len(cell.values) > 1 else None
             writer.writerow(
                 [
@@ -165,6 +233,7 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
                     "" if cell.paper is None else cell.paper,
                     "" if cell.diff is None else cell.diff,
                 ]
+                + ([cell.chosen] if table.get("sweep") else [])
             )
     return buffer.getvalue()
 

@@ -41,3 +41,18 @@ def runs_folder(spec: dict, name: str, root: Path) -> Path:
 
 def run_dir(folder: Path, task: str, variant: str, seed: int) -> Path:
     return Path(folder) / task / variant / f"seed{seed}"
+
+
+def sweep_points(table: dict, row: str) -> list[tuple[str, list[str]]]:
+    """(variant suffix, overrides) of each point of a table's sweep for one row (a learning-rate sweep gives
+    every method the same number of values; `by_row` shifts them for a row, e.g. full fine-tuning's lower rates).
+    A table without a sweep has one point: no suffix, no override."""
+    sweep = table.get("sweep")
+    if not sweep:
+        return [("", [])]
+    values = (sweep.get("by_row") or {}).get(row, sweep["values"])
+    return [(f"{sweep['suffix']}{value}", [f"{sweep['key']}={value}"]) for value in values]
+
+
+def swept_variant(variant: str, suffix: str) -> str:
+    return f"{variant}_{suffix}" if suffix else variant

