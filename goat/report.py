@@ -91,11 +91,11 @@ def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -
     common = set.intersection(*(set(cell.seeds) for cell in points.values()))
     if not common:
         return Cell()
-    restricted = {
-        suffix: Cell(*map(list, zip(*[(v, s) for v, s in zip(cell.values, cell.seeds) if s in common])), chosen=suffix)
-        for suffix, cell in points.items()
-    }
-    return max(restricted.values(), key=lambda cell: cell.mean)
+    restricted = []
+    for suffix, cell in points.items():
+        kept = [(value, seed) for value, seed in zip(cell.values, cell.seeds, strict=True) if seed in common]
+        restricted.append(Cell([v for v, _ in kept], [s for _, s in kept], chosen=suffix))
+    return max(restricted, key=lambda cell: cell.mean)
 
 
 def table_cells(spec: dict, root: Path, name: str) -> dict[str, list[Cell]]:
