@@ -241,7 +241,8 @@ def execute(
 
 
 def _worker(device: str | None, todo, done) -> None:
-    """A worker of execute_parallel: trains runs from `todo` in this process until it is empty or a run is stopped."""
+    """A worker of execute_parallel: trains runs from `todo` in this process until the queue's end, a stop, or a
+    failed run (after which its CUDA context may be broken: a fresh worker takes over)."""
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch starts CUDA in this fresh (spawned) process
     stop = {"requested": False}
@@ -254,8 +255,19 @@ def _worker(device: str | None, todo, done) -> None:
         start = time.perf_counter()
         status = run_in_process(run)
         done.put((run, status, time.perf_counter() - start))
-        if status == "interrupted":
+        if status != "finished":
             break
+        _release_cuda_memory()  # the next run starts from an empty cache, not this one's peak
+
+
+def _release_cuda_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def visible_gpus() -> list[str | None]:
@@ -270,22 +282,28 @@ def execute_parallel(runs: list[Run], workers: int, log=print) -> list[Run]:
     are bound by kernel launches), so several runs at once finish a grid several times sooner.
 
     Runs go seed by seed (every seed-0 run before any seed-1 run), so a grid cut short leaves whole seeds. A
-    failed run is logged and the others go on; SIGTERM stops every worker (the runs in progress save a
-    checkpoint) and no further run starts. Returns the runs that did not finish."""
+    failed run ends its worker (a CUDA error can leave the process unusable) and goes back to the queue once,
+    for a fresh worker (many runs on one GPU can fail for memory that a moment later is free). SIGTERM stops
+    every worker (the runs in progress save a checkpoint) and no further run starts. Returns the runs that did
+    not finish."""
     import multiprocessing
+    import queue as queues
 
     todo = sorted((run for run in runs if run.state() != "finished"), key=lambda run: run.seed)
     log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go, {workers} workers")
     context = multiprocessing.get_context("spawn")  # a fresh process: no CUDA state or threads inherited
-    queue, done = context.Queue(), context.Queue()
+    pending, done = context.Queue(), context.Queue()
     for run in todo:
-        queue.put(run)
+        pending.put(run)
     gpus = visible_gpus()
     count = min(workers, len(todo))
-    for _ in range(count):
-        queue.put(None)
-    processes = [context.Process(target=_worker, args=(gpus[i % len(gpus)], queue, done)) for i in range(count)]
-    stop = {"requested": False}
+    processes, stop, retried = [], {"requested": False}, set()
+    expected, reported, ended = len(todo), 0, False
+
+    def start_worker() -> None:
+        process = context.Process(target=_worker, args=(gpus[len(processes) % len(gpus)], pending, done))
+        processes.append(process)
+        process.start()
 
     def request_stop(signum, frame):
         stop["requested"] = True
@@ -296,17 +314,27 @@ def execute_parallel(runs: list[Run], workers: int, log=print) -> list[Run]:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, request_stop) if main_thread else None
     try:
-        for process in processes:
-            process.start()
-        reported = 0
-        while reported < len(todo) and (any(p.is_alive() for p in processes) or not done.empty()):
+        for _ in range(count):
+            start_worker()
+        while any(p.is_alive() for p in processes) or not done.empty():
+            if not ended and (stop["requested"] or reported == expected):
+                ended = True  # every run is done (or the grid stops): an end marker for each worker
+                for _ in processes:
+                    pending.put(None)
             try:
                 run, status, seconds = done.get(timeout=1)
-            except Exception:  # noqa: BLE001 - queue.Empty: poll the workers again
+            except queues.Empty:
                 continue
             reported += 1
             what = {"finished": "finished", "interrupted": "stopped by SIGTERM (checkpoint saved)"}.get(status, status)
-            log(f"[{reported}/{len(todo)}] {run.task} {run.variant} seed {run.seed}: {what} in {seconds:.0f} s")
+            log(f"[{reported}/{expected}] {run.task} {run.variant} seed {run.seed}: {what} in {seconds:.0f} s")
+            if status == "failed" and not stop["requested"]:
+                if run not in retried:
+                    retried.add(run)
+                    expected += 1
+                    pending.put(run)
+                    log("    back in the queue for one more try")
+                start_worker()  # in place of the worker that ended
         for process in processes:
             process.join()
     finally:

