@@ -4,6 +4,7 @@
   rank_scaling  a table's average against the total rank, ours solid and the paper's dashed (Fig. 5)
   experts       a table's average against the number of experts, one line per top-k (Fig. 6)
   expert_load   fraction of routed tokens per expert and layer at the last logged step (Fig. 7)
+  sweep         a swept table's average against the swept value, one line per row (small_sweep's learning rates)
 
 A figure whose runs are all missing is not drawn (render_figure returns None); a missing point is left out.
 """
@@ -14,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from goat.report import finished_runs, leaf_cell
+from goat.report import finished_runs, leaf_cell, sweep_cells
 from goat.tables import run_dir, runs_folder
 
 
@@ -129,7 +130,36 @@ def expert_load(spec, root, figure, ax) -> bool:
     return True
 
 
-KINDS = {"loss_curves": loss_curves, "rank_scaling": rank_scaling, "experts": experts, "expert_load": expert_load}
+def sweep(spec, root, figure, ax) -> bool:
+    """Mean over the table's columns at each swept value (a point needs a run in every column)."""
+    table = spec["tables"][figure["table"]]
+    drawn = False
+    for index, row in enumerate(figure.get("rows") or table["rows"]):
+        by_column = [sweep_cells(spec, root, figure["table"], column, row) for column in table["columns"]]
+        points = []
+        for suffix in by_column[0]:
+            means = [cells[suffix].mean for cells in by_column]
+            if None not in means:
+                points.append((float(suffix[len(table["sweep"]["suffix"]) :]), statistics.mean(means)))
+        if points:
+            style = {"linestyle": "-" if index < 10 else "--", "marker": "o", "label": row}
+            if row == "goat":
+                style.update(color="black", linewidth=2.2, linestyle="-")
+            ax.plot(*zip(*points, strict=True), **style)
+            drawn = True
+    ax.set_xscale("log")
+    ax.set_xlabel(table["sweep"]["key"])
+    ax.set_ylabel(f"{figure['table']} average ({table.get('metric', 'accuracy')})")
+    return drawn
+
+
+KINDS = {
+    "loss_curves": loss_curves,
+    "rank_scaling": rank_scaling,
+    "experts": experts,
+    "expert_load": expert_load,
+    "sweep": sweep,
+}
 
 
 def render_figure(spec: dict, root: Path, name: str, out: Path) -> Path | None:

@@ -94,6 +94,8 @@ def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
 
 def figure_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     figure = spec["figures"][name]
+    if figure["kind"] == "sweep":  # drawn from its table's runs
+        return table_grid(spec, figure["table"])
     if figure["kind"] in ("loss_curves", "expert_load"):
         variants = figure.get("variants") or [figure["variant"]]
         tasks = [figure["task"]]

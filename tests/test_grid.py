@@ -160,7 +160,12 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
     }
     runs = grid.expand("t", [0, 1], tmp_path, spec=spec)
     assert [(r.variant, r.seed) for r in runs] == [
-        ("lora_lr1e-3", 0), ("lora_lr1e-3", 1), ("lora_lr1e-2", 0), ("lora_lr1e-2", 1), ("broken_lr1", 0), ("broken_lr1", 1)
+        ("lora_lr1e-3", 0),
+        ("lora_lr1e-3", 1),
+        ("lora_lr1e-2", 0),
+        ("lora_lr1e-2", 1),
+        ("broken_lr1", 0),
+        ("broken_lr1", 1),
     ]
     assert "trainer.lr=1e-2" in runs[2].overrides
     log = []
@@ -174,3 +179,15 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
     assert results["steps"] == 4 and results["variant"] == "lora_lr1e-2" and results["seed"] == 0
     # seed-major order: every seed-0 run started before any seed-1 run (the log's first two lines are seed 0)
     assert log[0].startswith("0 of 6 runs already finished; 6 to go, 2 workers")
+
+
+def test_small_sweep_gives_every_method_the_same_number_of_rates(spec, tmp_path):
+    runs = grid.expand("small_sweep", [0], tmp_path, spec=spec)
+    assert len(runs) == 13 * 2 * 4
+    rates = {}
+    for run in runs:
+        row, rate = run.variant.rsplit("_lr", 1)
+        assert f"trainer.lr={rate}" == run.overrides[-1]  # the swept value comes after the table's settings
+        rates.setdefault(row, set()).add(rate)
+    assert rates["goat"] == rates["molora"] == rates["lora"] == {"6e-5", "2e-4", "6e-4", "2e-3"}
+    assert rates["full_ft"] == {"6e-6", "2e-5", "6e-5", "2e-4"}

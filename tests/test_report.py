@@ -121,3 +121,32 @@ def test_rank_scaling_figure_from_table_averages(tmp_path, spec):
         for column in spec["tables"]["table1"]["columns"]:
             write_run(runs, column["task"], variant, 0, {"test/accuracy": value}, main="test/accuracy")
     assert is_png(render_figure(spec, runs, "fig5", tmp_path / "fig5.png"))
+
+
+def test_swept_table_picks_each_cells_best_rate_over_the_seeds_every_rate_has(tmp_path, spec):
+    """small_sweep: a cell is the rate with the best mean over common seeds; blank until every rate has a run;
+    every rate is listed below, the chosen one in bold; the CSV names the choice; the sweep figure is drawn."""
+    root = tmp_path / "runs"
+    runs = root / "small_sweep"
+    lora = {"6e-5": [70.0, 72.0], "2e-4": [75.0, 77.0], "6e-4": [80.0, 60.0], "2e-3": [69.0, 69.0]}
+    for rate, values in lora.items():
+        for seed, value in enumerate(values):
+            write_run(runs, "glue/cola", f"lora_lr{rate}", seed, {"validation/accuracy": value})
+            write_run(runs, "glue/mrpc", f"lora_lr{rate}", seed, {"validation/accuracy": value + 5})
+    write_run(runs, "glue/cola", "lora_lr6e-4", 2, {"validation/accuracy": 99.0})  # a third seed at one rate only
+    for rate in ("6e-5", "2e-4", "6e-4"):  # goat lacks 2e-3: its cells stay blank
+        write_run(runs, "glue/cola", f"goat_lr{rate}", 0, {"validation/accuracy": 90.0})
+    text = markdown(spec, root, "small_sweep")
+    # 6e-4 would win with its lucky seed 2 (79.7); over the common seeds 0-1 it is 70.0 and 2e-4 wins (76.0)
+    best = "| lora | 76.00 ± 1.41 (n=2) @ lr2e-4 | 81.00 ± 1.41 (n=2) @ lr2e-4 | 78.50 |"
+    assert row_of(text, "lora").startswith(best)
+    assert row_of(text, "goat").startswith("| goat | — | — | — |")
+    cola_rates = text[text.index("### CoLA at each trainer.lr") :]
+    lora_rates = row_of(cola_rates, "lora")
+    assert "| **76.00 ± 1.41 (n=2)** |" in lora_rates and "79.67 ± 19.50 (n=3)" in lora_rates
+    assert row_of(cola_rates, "full_ft").startswith("| full_ft | — | — | — | — |  |  |")  # its own, lower rates
+    table = csv_text(spec, root, "small_sweep").splitlines()
+    assert table[0].endswith(",chosen") and "lora,CoLA,76.0,1.4142,2,0 1,,,lr2e-4" in table
+    assert "lora,CoLA lr6e-4,79.6667,19.5021,3,0 1 2,,," in table
+    figure = report_main(["--runs", str(root), "--out", str(tmp_path / "out"), "--table", "small_sweep_lr"])
+    assert figure == 0 and is_png(tmp_path / "out" / "figures" / "small_sweep_lr.png")
