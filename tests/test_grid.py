@@ -67,23 +67,19 @@ def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def tiny_table_spec(model_dir, data_dir, variants: dict, extra: list[str]) -> dict:
+    """A one-column table "t" over the tiny BERT keyword task, one row per variant."""
+    common = [a for a in tiny_run_overrides(model_dir, data_dir, "x") if not a.startswith(("output_dir", "task="))]
+    common = [a for a in common if not a.startswith("method")] + extra
+    table = {"title": "t", "columns": [{"name": "kw", "task": "text_files"}], "rows": dict.fromkeys(variants)}
+    return {"variants": variants, "tables": {"t": {**table, "overrides": common}}}
+
+
 def test_grid_is_idempotent_and_resumes_a_half_finished_run(tiny_model_dir, keyword_data, tmp_path, monkeypatch):
     """An interrupted run resumes from its checkpoint, a new one trains, and a second pass starts nothing."""
-    common = [
-        a for a in tiny_run_overrides(tiny_model_dir, keyword_data, "x") if not a.startswith(("output_dir", "task="))
-    ]
-    common = [a for a in common if not a.startswith("method")] + ["trainer.max_steps=8", "trainer.log_every_steps=1"]
-    spec = {
-        "variants": {"goat": ["method=goat", "method.r=32", "method.lora_alpha=64"], "lora": ["method=lora"]},
-        "tables": {
-            "t": {
-                "title": "t",
-                "columns": [{"name": "kw", "task": "text_files"}],
-                "rows": {"goat": None, "lora": None},
-                "overrides": common,
-            }
-        },
-    }
+    variants = {"goat": ["method=goat", "method.r=32", "method.lora_alpha=64"], "lora": ["method=lora"]}
+    common = ["trainer.max_steps=8", "trainer.log_every_steps=1"]
+    spec = tiny_table_spec(tiny_model_dir, keyword_data, variants, common)
     runs = grid.expand("t", [0], tmp_path, spec=spec)
     goat_run, lora_run = runs
     assert [r.state() for r in runs] == ["new", "new"]
@@ -142,22 +138,10 @@ def test_in_process_run_with_a_bad_config_fails_without_stopping(tmp_path):
 def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model_dir, keyword_data, tmp_path):
     """--workers: runs train at once in spawned processes; a run that fails goes back to the queue once, for a
     fresh worker, and is reported failed; the others finish with the same results as a serial run."""
-    common = [
-        a for a in tiny_run_overrides(tiny_model_dir, keyword_data, "x") if not a.startswith(("output_dir", "task="))
-    ]
-    common = [a for a in common if not a.startswith("method")] + ["trainer.max_steps=4"]
-    spec = {
-        "variants": {"lora": ["method=lora"], "broken": ["method=goat", "method.top_k=99"]},
-        "tables": {
-            "t": {
-                "title": "t",
-                "columns": [{"name": "kw", "task": "text_files"}],
-                "rows": {"lora": None, "broken": None},
-                "overrides": common,
-                "sweep": {"key": "trainer.lr", "suffix": "lr", "values": ["1e-3", "1e-2"], "by_row": {"broken": ["1"]}},
-            }
-        },
-    }
+    variants = {"lora": ["method=lora"], "broken": ["method=goat", "method.top_k=99"]}
+    spec = tiny_table_spec(tiny_model_dir, keyword_data, variants, ["trainer.max_steps=4"])
+    spec["tables"]["t"]["sweep"] = {"key": "trainer.lr", "suffix": "lr", "values": ["1e-3", "1e-2"]}
+    spec["tables"]["t"]["sweep"]["by_row"] = {"broken": ["1"]}
     runs = grid.expand("t", [0, 1], tmp_path, spec=spec)
     assert [(r.variant, r.seed) for r in runs] == [
         ("lora_lr1e-3", 0),
