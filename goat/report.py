@@ -246,9 +246,11 @@ def run_models(spec: dict, root: Path, name: str) -> list[str]:
         for source, leaf in leaf_columns(spec, name, column):
             folder = runs_folder(spec, source, root)
             for row in table["rows"]:
-                for results in finished_runs(folder, leaf["task"], cell_variant(row, leaf)):
-                    note = results.get("model_note")
-                    models.add(f"{results.get('model')}" + (f" ({note})" if note else ""))
+                for suffix, _ in sweep_points(spec["tables"][source], row):
+                    variant = swept_variant(cell_variant(row, leaf), suffix)
+                    for results in finished_runs(folder, leaf["task"], variant):
+                        note = results.get("model_note")
+                        models.add(f"{results.get('model')}" + (f" ({note})" if note else ""))
     return sorted(models)
 
 

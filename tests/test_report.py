@@ -138,6 +138,7 @@ def test_swept_table_picks_each_cells_best_rate_over_the_seeds_every_rate_has(tm
         write_run(runs, "glue/cola", f"goat_lr{rate}", 0, {"validation/accuracy": 90.0})
     text = markdown(spec, root, "small_sweep")
     # 6e-4 would win with its lucky seed 2 (79.7); over the common seeds 0-1 it is 70.0 and 2e-4 wins (76.0)
+    assert "Models of our runs: tiny" in text
     best = "| lora | 76.00 ± 1.41 (n=2) @ lr2e-4 | 81.00 ± 1.41 (n=2) @ lr2e-4 | 78.50 |"
     assert row_of(text, "lora").startswith(best)
     assert row_of(text, "goat").startswith("| goat | — | — | — |")
