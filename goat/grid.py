@@ -86,10 +86,23 @@ def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
         for column in table["columns"]:
             for source, leaf in leaf_columns(spec, name, column):
                 extra = spec["tables"][source].get("overrides", [])
+                _no_overruled_variant(name, row, spec["variants"][row], [*extra, *leaf.get("overrides", [])])
                 overrides = [*spec["variants"][row], *extra, *leaf.get("overrides", [])]
                 for suffix, point in sweep_points(spec["tables"][source], row):
                     cells.append((leaf["task"], swept_variant(cell_variant(row, leaf), suffix), [*overrides, *point]))
     return cells
+
+
+def _no_overruled_variant(table: str, row: str, variant: list[str], later: list[str]) -> None:
+    """A table's or column's override comes after the row's variant and would silently replace its setting
+    (a table pinning method.r would turn lora_r8 into a rank-32 LoRA): refuse the spec instead."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in later}
+    clash = sorted(k for k in (o.split("=", 1)[0].lstrip("+~") for o in variant) if k in keys and k != "method")
+    if clash:
+        raise GridError(
+            f"{table}: row {row!r} sets {', '.join(clash)}, which the table's or a column's overrides set too and "
+            "would overrule; set it in one place (data/paper_results.yaml)"
+        )
 
 
 def figure_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:

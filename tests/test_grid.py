@@ -175,3 +175,24 @@ def test_small_sweep_gives_every_method_the_same_number_of_rates(spec, tmp_path)
         rates.setdefault(row, set()).add(rate)
     assert rates["goat"] == rates["molora"] == rates["lora"] == {"6e-5", "2e-4", "6e-4", "2e-3"}
     assert rates["full_ft"] == {"6e-6", "2e-5", "6e-5", "2e-4"}
+    assert all("method.r=32" in run.overrides for run in runs)  # the rank that ran, pinned (GLUE configs set it)
+
+
+def test_a_table_override_may_not_overrule_its_rows_variant(tmp_path):
+    """Table and column overrides come after the row's: pinning method.r in a table would silently make a
+    rank-32 LoRA of lora_r8, so such a spec is refused with one line naming the row and the key."""
+    spec = {
+        "variants": {"lora_r8": ["method=lora", "method.r=8", "method.lora_alpha=16"], "lora": ["method=lora"]},
+        "tables": {
+            "t": {
+                "title": "t",
+                "columns": [{"name": "kw", "task": "text_files", "overrides": ["method.lora_alpha=64"]}],
+                "rows": {"lora": None, "lora_r8": None},
+                "overrides": ["method.r=32"],
+            }
+        },
+    }
+    with pytest.raises(grid.GridError, match=r"row 'lora_r8' sets method\.lora_alpha, method\.r, which the table"):
+        grid.expand("t", [0], tmp_path, spec=spec)
+    del spec["tables"]["t"]["rows"]["lora_r8"]
+    assert len(grid.expand("t", [0], tmp_path, spec=spec)) == 1
