@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from goat.report import finished_runs, leaf_cell, sweep_cells
-from goat.tables import run_dir, runs_folder
+from goat.tables import run_dir, runs_folder, sweep_values
 
 
 def _pyplot():
@@ -137,10 +137,10 @@ def sweep(spec, root, figure, ax) -> bool:
     for index, row in enumerate(figure.get("rows") or table["rows"]):
         by_column = [sweep_cells(spec, root, figure["table"], column, row) for column in table["columns"]]
         points = []
-        for suffix in by_column[0]:
+        for value, suffix in zip(sweep_values(table, row), by_column[0], strict=True):
             means = [cells[suffix].mean for cells in by_column]
             if None not in means:
-                points.append((float(suffix[len(table["sweep"]["suffix"]) :]), statistics.mean(means)))
+                points.append((float(value), statistics.mean(means)))
         if points:
             style = {"linestyle": "-" if index < 10 else "--", "marker": "o", "label": row}
             if row == "goat":

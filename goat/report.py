@@ -15,7 +15,16 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goat.tables import RESULTS_FILE, cell_variant, leaf_columns, load_spec, runs_folder, sweep_points, swept_variant
+from goat.tables import (
+    RESULTS_FILE,
+    cell_variant,
+    leaf_columns,
+    load_spec,
+    runs_folder,
+    sweep_points,
+    sweep_values,
+    swept_variant,
+)
 
 
 @dataclass
@@ -179,8 +188,7 @@ def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
     the main table chose is in bold (empty: not a value of that row's sweep; — : no finished run)."""
     table = spec["tables"][name]
     sweep = table["sweep"]
-    values = {v for row in table["rows"] for v in (sweep.get("by_row") or {}).get(row, sweep["values"])}
-    ordered = sorted(values, key=float)
+    ordered = sorted({value for row in table["rows"] for value in sweep_values(table, row)}, key=float)
     lines = []
     for column in table["columns"]:
         if "mean_of" in column:

@@ -50,8 +50,13 @@ def sweep_points(table: dict, row: str) -> list[tuple[str, list[str]]]:
     sweep = table.get("sweep")
     if not sweep:
         return [("", [])]
-    values = (sweep.get("by_row") or {}).get(row, sweep["values"])
-    return [(f"{sweep['suffix']}{value}", [f"{sweep['key']}={value}"]) for value in values]
+    return [(f"{sweep['suffix']}{value}", [f"{sweep['key']}={value}"]) for value in sweep_values(table, row)]
+
+
+def sweep_values(table: dict, row: str) -> list[str]:
+    """The values a row of a swept table runs at (as written in the spec: "6e-5")."""
+    sweep = table["sweep"]
+    return (sweep.get("by_row") or {}).get(row, sweep["values"])
 
 
 def swept_variant(variant: str, suffix: str) -> str:
