@@ -6,7 +6,7 @@
 # for Rotten Tomatoes) and the table's data under $DATA. Finished runs lose their checkpoints and adapter as
 # they finish (disk: a full_ft_moe run writes GBs). What comes back: $OUT/runs-TABLE.tgz with every run's
 # results.json and config.yaml (METRICS=1: and metrics.jsonl) and the grid's log. Carrying those
-# results back in ($RUNS/TABLE) makes the next call skip the finished runs, even on a fresh machine.
+# results back in (the table's runs folder below $RUNS) makes the next call skip the finished runs, even on a fresh machine.
 # Usage there: TABLE=small_sweep WORKERS=8 SEEDS=0 LIMIT=570 WHEELS=scratch/wheels_ds \
 #   SET="model.name_or_path=$PWD/scratch/c7/minilm" bash scripts/device_grid.sh
 # METHODS and TASKS filter (shell patterns); SET adds overrides (space-separated).
@@ -30,8 +30,11 @@ if [ "${MPS:-0}" = 1 ]; then
     && echo "MPS on" || { echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY; echo "MPS failed: time slices"; }
 fi
 
+# the table's runs folder below $RUNS (a table may share another's: small_sweep_rank writes into small_sweep)
+folder=$(python3 -c "import sys; from goat.tables import load_spec, runs_folder; print(runs_folder(load_spec(), sys.argv[1], sys.argv[2]))" "$TABLE" "$RUNS") \
+  || { echo "cannot read the runs folder of $TABLE from data/paper_results.yaml"; exit 5; }
 prune() {
-  find "$RUNS/$TABLE" -name results.json -printf '%h\n' 2>/dev/null \
+  find "$folder" -name results.json -printf '%h\n' 2>/dev/null \
     | while read -r run; do rm -rf "$run/checkpoints" "$run/final"; done
 }
 ( while sleep 15; do prune; done ) &
@@ -51,9 +54,9 @@ kill "$janitor"
 prune
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 grep -E "runs already|failed|Error|\] " "$RUNS/grid-$TABLE.log" | tail -25
-find "$RUNS/$TABLE" -name results.json | wc -l | xargs echo "finished runs of $TABLE:"
+find "$folder" -name results.json | wc -l | xargs echo "finished runs of $TABLE:"
 # metrics.jsonl (the loss curves and router statistics) only with METRICS=1: a few hundred runs' worth is more
 # than one call brings back
-find "$RUNS/$TABLE" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \) \
+find "$folder" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \) \
   | tar czf "$OUT/runs-$TABLE.tgz" -T - "$RUNS/grid-$TABLE.log"
 ls -la "$OUT"
