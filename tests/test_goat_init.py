@@ -192,6 +192,27 @@ def test_svd_cache_skips_decomposition_and_gives_identical_triplets(tmp_path):
     assert selected_triplets(changed, indices, "tiny", tmp_path).decomposed == 1
 
 
+def test_svd_cache_survives_a_second_writer_of_the_same_entry(tmp_path, monkeypatch):
+    """Runs training at once share the cache: another writer of the same entry finishes while this one writes
+    (it happened on the GPU with goat-grid --workers, when both used one temporary name)."""
+    from goat.adapters import svd
+
+    torch.manual_seed(0)
+    found = svd.Triplets(torch.randn(8, 2), torch.rand(2), torch.randn(4, 2))
+    real_save, interleaved = svd.save_file, []
+
+    def save_then_another_writer(tensors, path):
+        real_save(tensors, path)
+        if not interleaved:
+            interleaved.append(path)
+            svd._write_cache(tmp_path, "entry", found)
+
+    monkeypatch.setattr(svd, "save_file", save_then_another_writer)
+    svd._write_cache(tmp_path, "entry", found)
+    assert interleaved and sorted(p.name for p in tmp_path.iterdir()) == ["entry.safetensors"]
+    assert torch.equal(svd._read_cache(tmp_path, "entry").U, found.U)
+
+
 def test_rank_above_layer_dimension_is_rejected():
     with pytest.raises(ValueError, match="exceeds min"):
         apply_adapter(holder(4, 16), method_config("goat", r=8, svd_cache_dir=None))

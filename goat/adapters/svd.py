@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +184,12 @@ def _write_cache(cache: Path | None, key: str, found: Triplets) -> None:
         return
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / f"{key}.safetensors"
-    temporary = final.with_suffix(".tmp")
+    # a name of this writer's own: runs training at once (goat-grid --workers) share the cache, and a shared
+    # temporary name let one writer's rename pull the file from under another's
+    temporary = cache / f"{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     tensors = {"U": found.U.contiguous(), "S": found.S.contiguous(), "V": found.V.contiguous()}
-    save_file(tensors, str(temporary))
-    temporary.replace(final)  # atomic: a reader never sees a half-written entry
+    try:
+        save_file(tensors, str(temporary))
+        temporary.replace(final)  # atomic: a reader never sees a half-written entry
+    finally:
+        temporary.unlink(missing_ok=True)
