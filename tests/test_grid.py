@@ -165,17 +165,39 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
     assert log[0].startswith("0 of 6 runs already finished; 6 to go, 2 workers")
 
 
-def test_small_sweep_gives_every_method_the_same_number_of_rates(spec, tmp_path):
+def test_small_sweep_gives_every_method_the_same_rates_and_one_more_past_a_peak_at_the_top(spec, tmp_path):
     runs = grid.expand("small_sweep", [0], tmp_path, spec=spec)
-    assert len(runs) == 13 * 2 * 4
     rates = {}
     for run in runs:
         row, rate = run.variant.rsplit("_lr", 1)
         assert f"trainer.lr={rate}" == run.overrides[-1]  # the swept value comes after the table's settings
         rates.setdefault(row, set()).add(rate)
-    assert rates["goat"] == rates["molora"] == rates["lora"] == {"6e-5", "2e-4", "6e-4", "2e-3"}
-    assert rates["full_ft"] == {"6e-6", "2e-5", "6e-5", "2e-4"}
+    grid_rates = {"6e-5", "2e-4", "6e-4", "2e-3"}
+    assert len(rates) == 13 and rates["goat"] == rates["lora"] == rates["rslora"] == grid_rates
+    # rows whose best rate was the top of the grid ran one rate higher too
+    assert rates["molora"] == rates["hydralora"] == rates["goat_noms"] == grid_rates | {"6e-3"}
+    assert rates["full_ft"] == rates["full_ft_moe"] == {"6e-6", "2e-5", "6e-5", "2e-4", "6e-4"}
+    assert len(runs) == 2 * sum(len(values) for values in rates.values()) == 2 * (13 * 4 + 5)
     assert all("method.r=32" in run.overrides for run in runs)  # the rank that ran, pinned (GLUE configs set it)
+
+
+def test_small_sweep_rank_shares_small_sweeps_runs_and_keeps_each_rows_rank(spec, tmp_path):
+    """The k=2 and r=32 rows are small_sweep's own runs (same directories, same overrides); the new rows keep
+    their k or rank (a table override may not turn lora_r8 into a rank-32 LoRA)."""
+    sweep = {run.output_dir: run.overrides for run in grid.expand("small_sweep", [0], tmp_path, spec=spec)}
+    rank = grid.expand("small_sweep_rank", [0], tmp_path, spec=spec)
+    for run in rank:
+        row = run.variant.rsplit("_lr", 1)[0]
+        if row in ("goat", "molora", "lora"):
+            # small_sweep pins the rank that the GLUE task configs set; here the task config sets it
+            pinned = {"method.r=32", "method.lora_alpha=64"}
+            assert [o for o in sweep[run.output_dir] if o not in pinned] == list(run.overrides)
+        else:
+            assert run.output_dir not in sweep
+    overrides = {run.variant: run.overrides for run in rank}
+    assert "method.top_k=4" in overrides["goat_k4_lr6e-4"] and "method.top_k=8" in overrides["molora_k8_lr2e-3"]
+    assert "method.r=8" in overrides["lora_r8_lr6e-3"] and "method.r=32" not in overrides["lora_r8_lr6e-3"]
+    assert "method.r=16" in overrides["lora_r16_lr2e-4"]
 
 
 def test_a_table_override_may_not_overrule_its_rows_variant(tmp_path):

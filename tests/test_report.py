@@ -145,7 +145,7 @@ def test_swept_table_picks_each_cells_best_rate_over_the_seeds_every_rate_has(tm
     cola_rates = text[text.index("### CoLA at each trainer.lr") :]
     lora_rates = row_of(cola_rates, "lora")
     assert "| **76.00 ± 1.41 (n=2)** |" in lora_rates and "79.67 ± 19.50 (n=3)" in lora_rates
-    assert row_of(cola_rates, "full_ft").startswith("| full_ft | — | — | — | — |  |  |")  # its own, lower rates
+    assert row_of(cola_rates, "full_ft") == "| full_ft | — | — | — | — | — |  |  |"  # its own, lower rates
     table = csv_text(spec, root, "small_sweep").splitlines()
     assert table[0].endswith(",chosen") and "lora,CoLA,76.0,1.4142,2,0 1,,,lr2e-4" in table
     assert "lora,CoLA lr6e-4,79.6667,19.5021,3,0 1 2,,," in table
