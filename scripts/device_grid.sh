@@ -54,7 +54,7 @@ kill "$janitor"
 prune
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 grep -E "runs already|failed|Error|\] " "$RUNS/grid-$TABLE.log" | tail -25
-find "$folder" -name results.json | wc -l | xargs echo "finished runs of $TABLE:"
+find "$folder" -name results.json | wc -l | xargs echo "finished runs in $folder (the folder of $TABLE):"
 # metrics.jsonl (the loss curves and router statistics) only with METRICS=1: a few hundred runs' worth is more
 # than one call brings back
 find "$folder" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \) \

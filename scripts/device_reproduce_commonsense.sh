@@ -42,11 +42,14 @@ for path in glob.glob(f"{sys.argv[1]}/commonsense/*/*/seed*/results.json"):
     r = json.load(open(path))
     name = r["task"].split("/")[1]
     rows = [json.loads(line) for f in glob.glob(f"{os.path.dirname(path)}/generations/step-*/*.jsonl") for line in open(f)]
-    parsed = sum(extract_commonsense_answer(x["completion"], name) is not None for x in rows) / max(len(rows), 1)
-    cells[(r["variant"], name)].append((r["final"][r["main_metric"]], 100 * parsed, r["train_seconds"]))
+    # runs carried in from an earlier call have no generations: they count for accuracy, not for parsed%
+    parsed = 100 * sum(extract_commonsense_answer(x["completion"], name) is not None for x in rows) / len(rows) if rows else None
+    cells[(r["variant"], name)].append((r["final"][r["main_metric"]], parsed, r["train_seconds"]))
 print(f"{'variant':12} {'task':6} seeds accuracy parsed% seconds")
 for (variant, task), values in sorted(cells.items()):
-    accuracy, parsed, seconds = (sum(column) / len(values) for column in zip(*values))
-    print(f"{variant:12} {task:6} {len(values):5} {accuracy:8.2f} {parsed:7.1f} {seconds:7.1f}")
+    accuracy, seconds = (sum(v[i] for v in values) / len(values) for i in (0, 2))
+    known = [v[1] for v in values if v[1] is not None]
+    parsed = f"{sum(known) / len(known):7.1f}" if known else f"{'-':>7}"
+    print(f"{variant:12} {task:6} {len(values):5} {accuracy:8.2f} {parsed} {seconds:7.1f}")
 print(f"{sum(len(v) for v in cells.values())} finished runs")
 PYTHON
