@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
+from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
 from goat.config import adapter_overrides
 from goat.schedule import SCHEDULES
 from goat.tasks import LOADERS
@@ -48,6 +49,16 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     _one_of("task.decoding", cfg.task.decoding, DECODINGS)
     _one_of("trainer.scheduler", t.scheduler, list(SCHEDULES))
     _one_of("trainer.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _one_of("trainer.compile", t.compile, COMPILE_MODES)
+    _one_of("trainer.compile_backend", t.compile_backend, COMPILE_BACKENDS)
+    if t.pad_to_multiple_of < 1:
+        raise ConfigError(f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} must be >= 1 (1: pad to the longest row)")
+    if t.compile == "reduce-overhead" and t.pad_to_multiple_of < 8:
+        raise ConfigError(
+            f"trainer.compile=reduce-overhead records one CUDA graph per batch shape; with "
+            f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} every sequence length is a new graph: set "
+            "trainer.pad_to_multiple_of=64 (or another bucket width)"
+        )
     if cfg.task.num_samples < 1 or (cfg.task.num_samples > 1 and cfg.task.decoding != "sample"):
         raise ConfigError(
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "

@@ -77,6 +77,13 @@ class TrainerConfig:
     seed: int = 0
     num_workers: int = 0
     cpu: bool = False  # train on the CPU even when a GPU is present
+    # torch.compile of each transformer block (goat.compile): none | default | reduce-overhead (CUDA graphs) |
+    # max-autotune. The first step pays the compile time (logged as compile/first_step_s).
+    compile: str = "none"
+    compile_backend: str = "inductor"  # inductor; aot_eager traces the graphs but runs eager kernels (tests)
+    # Training batches are padded to a multiple of this many tokens: with compilation, each distinct length
+    # is a compiled graph (and a CUDA graph under reduce-overhead), so 64 bounds them to max_length / 64.
+    pad_to_multiple_of: int = 1
     progress: bool = True
 
 

@@ -151,7 +151,7 @@ def classification_pipeline(cfg, task, tokenizer, accelerator, run_dir):
     def evaluator(model, step):
         return evaluate(model, loaders, task, accelerator)
 
-    train = train_loader(splits["train"], tokenizer, t.micro_batch_size, t.seed, t.num_workers)
+    train = train_loader(splits["train"], tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
     return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"
 
 
@@ -168,7 +168,7 @@ def generation_pipeline(cfg, task, tokenizer, accelerator, run_dir):
         out = Path(run_dir) / "generations" / f"step-{step:08d}"
         return write(model, tokenizer, task, accelerator, t.eval_batch_size, out)
 
-    train = instruction.train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers)
+    train = instruction.train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
     return train, evaluator, task.main_metric
 
 

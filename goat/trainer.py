@@ -28,6 +28,7 @@ from goat.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from goat.compile import compile_blocks, compile_counters
 from goat.schedule import make_scheduler
 
 
@@ -60,6 +61,7 @@ class Trainer:
             distributed.configure_deepspeed(accelerator, self.t, self.accumulation)
         if distributed.is_fsdp(accelerator):
             distributed.configure_fsdp(accelerator, model)
+        self.compiled_blocks = compile_blocks(model, self.t.compile, backend=self.t.compile_backend)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         # FSDP2 replaces the parameters by sharded ones: clip and check those
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -72,6 +74,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_requested = False
         self.skipped_steps = 0
+        self.compile_logged = False
 
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
@@ -162,7 +165,12 @@ class Trainer:
                 last_of_epoch = self.state.batches_in_epoch == batches
                 if len(group) < self.accumulation and not last_of_epoch:
                     continue
+                started = time.perf_counter()
                 stepped = self._optimizer_step(group, window)
+                if self.compiled_blocks and not self.compile_logged:  # the first step compiles the blocks
+                    self.compile_logged = True
+                    first = {"compile/first_step_s": round(time.perf_counter() - started, 2)}
+                    self.log.log({**first, **_compile_summary()}, self.state.step)
                 group = []
                 if last_of_epoch:
                     self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
@@ -249,6 +257,8 @@ class Trainer:
         if step % self.t.log_every_steps == 0 or step == self.total_steps:
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
             values.update(_load_summary(self.accelerator.unwrap_model(self.model)))
+            if self.compiled_blocks:  # graphs compiled so far: recompilations show up as a rising count
+                values.update(_compile_summary())
             self.log.log(values, step)
             bar.set_postfix(
                 loss=f"{values['train/loss']:.4f}",
@@ -285,29 +295,30 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Window:
-    """Running sums between two log lines: loss, balance loss, tokens (text) or images, time."""
+    """Running sums between two log lines: loss, balance loss, tokens (text) or images, time. The sums stay on
+    the device until the log line, so a training step never waits for the GPU to read them."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.loss, self.balance, self.batches, self.tokens, self.start = 0.0, 0.0, 0, 0, time.perf_counter()
+        self.sums, self.start = None, time.perf_counter()
 
     def add(self, loss, balance, batch) -> None:
-        self.loss += float(loss)
-        self.balance += float(balance.detach()) if balance is not None else 0.0
-        self.batches += 1
         if "attention_mask" in batch:
-            self.tokens += int(batch["attention_mask"].sum())
+            tokens = batch["attention_mask"].sum()
         elif "input_ids" in batch:
-            self.tokens += batch["input_ids"].numel()
+            tokens = batch["input_ids"].numel()
         else:  # images: count examples
-            self.tokens += len(batch["labels"])
+            tokens = len(batch["labels"])
+        balance = balance.detach() if balance is not None else 0.0
+        row = torch.stack([_on_device(v, loss) for v in (loss, balance, 1, tokens)])
+        self.sums = row if self.sums is None else self.sums + row
 
     def flush(self, accelerator, lr: float) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         # summed over processes: the logged loss is that of the global batch, as on one device
-        local = torch.tensor([self.loss, self.balance, self.batches, self.tokens], dtype=torch.float64)
+        local = self.sums if self.sums is not None else torch.zeros(4, dtype=torch.float64)
         loss, balance, batches, tokens = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
         values = {
             "train/loss": loss / max(batches, 1),
@@ -327,6 +338,17 @@ def _load_summary(model) -> dict:
     values = {f"load/{name}": load.float().cpu() for name, load in loads.items()}
     values["moe/max_expert_load"] = max(float(load.max()) for load in loads.values())
     return values
+
+
+def _on_device(value, like: torch.Tensor) -> torch.Tensor:
+    """A float64 scalar on `like`'s device: a tensor is converted there, a number filled in (no host copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=like.device, dtype=torch.float64)
+    return like.new_full((), float(value), dtype=torch.float64)
+
+
+def _compile_summary() -> dict:
+    return {f"compile/{key}": value for key, value in compile_counters().items()}
 
 
 def _main_thread() -> bool:

@@ -133,6 +133,32 @@ def test_response_only_labels_and_left_padded_generation(data_and_model):
     assert together == alone
 
 
+@pytest.mark.parametrize("method", ["goat", "lora"])
+def test_static_cache_compiled_decoding_equals_dynamic_cache_decoding(data_and_model, method):
+    """The fast path (static cache, prompts padded to 64-token buckets, transformers' compiled decoding step;
+    here aot_eager on the CPU) writes the same greedy completions as the dynamic cache, with and without beams."""
+    import torch
+    from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+
+    from goat.adapters import apply_adapter, method_config
+    from goat.compile import compile_counters
+
+    root, model_dir, tokenizer = data_and_model
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(model_dir))
+    model = apply_adapter(model, method_config(method, r=8, lora_alpha=16, svd_cache_dir=None)).eval()
+    prompts = ["a b c", "a", "Is the sky blue ?", "b"]
+    compiled = CompileConfig(backend="aot_eager", mode=None)
+    compiled._compile_all_devices = True  # transformers compiles the decoding step on GPUs only otherwise
+    torch._dynamo.reset()
+    for decoding in ({}, {"num_beams": 2}):
+        slow = generate(model, tokenizer, prompts, 6, 3, "cpu", static_cache=False, **decoding)
+        fast = generate(model, tokenizer, prompts, 6, 3, "cpu", static_cache=True, compile_config=compiled, **decoding)
+        assert fast == slow and any(slow)
+    counters = compile_counters()
+    assert counters["graphs"] >= 1 and counters["graph_breaks"] == 0  # the decoding step compiled, whole
+
+
 def test_decoding_choices_follow_what_the_reference_ran():
     from goat.tasks.instruction import decoding_kwargs
 

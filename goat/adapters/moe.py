@@ -16,11 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from goat.adapters.fused_moe import RouteSpec, topk_moe_lora
+from goat.adapters.slot_dropout import slot_dropout_down
 
 
 @dataclass
@@ -134,6 +133,11 @@ class MoELoRALinear(nn.Module):
 
     lora_A: (E*d, n) (or (d, n) shared by all experts for HydraLoRA), lora_B: (m, E*d);
     rows j*d:(j+1)*d of A and columns j*d:(j+1)*d of B are expert j. `scaling` (E,) holds s_j.
+
+    Written for torch.compile as well as for eager mode: plain tensor operations, no host synchronisation,
+    no RNG-state handling, no per-call Python objects, so a compiled block takes the whole layer (router,
+    gate, dropout masks, experts, balance loss) as one graph. With per-expert dropout in training the
+    down-projection runs once per top-k slot, each slot with its own mask (slot_dropout.py); otherwise once.
     """
 
     def __init__(
@@ -166,35 +170,36 @@ class MoELoRALinear(nn.Module):
         self.dropout_mode = "shared" if shared_A or not isinstance(gate, TopKGate) else dropout_mode
         self.shared_A = shared_A
         self.residual_factors: tuple[torch.Tensor, torch.Tensor] | None = None
-        # Top-k routing over per-expert A (GOAT, MoLoRA) runs as one autograd Function (fused_moe.py); the
-        # module path below computes the same function op by op (AdaMoLE, HydraLoRA, and the tests' reference).
-        self.fused = isinstance(gate, TopKGate) and not shared_A
+        # The older eager-only path (one autograd Function, fused_moe.py), kept for the benchmark's comparison.
+        self.fused = False
         if device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # LoRA default (spec §7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         leading = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)  # (T, n)
+        x2d = x.reshape(-1, self.in_features).to(compute_dtype(x, self.lora_A))  # (T, n)
         if self.fused:
             delta = self._fused_delta(x2d, leading)
             return result + delta.view(*leading, self.out_features).to(result.dtype)
-        if not torch.is_autocast_enabled(x.device.type):
-            x2d = x2d.to(self.lora_A.dtype)  # under autocast the products run in its dtype anyway: no copy
-        gates, dispatch, index = self.routing(x2d, leading)
-        coef = (gates * self.scaling).to(x2d.dtype)  # (T, E): w_j * s_j, zero for unrouted experts
-        rank_act = self._rank_activations(x2d, index)  # (T, E*d)
-        tokens = rank_act.shape[0]
-        rank_act = (rank_act.view(tokens, self.num_experts, self.expert_rank) * coef[:, :, None]).view(tokens, -1)
-        delta = rank_act @ self.lora_B.t()  # (T, m)
+        gates, _, index = self.routing(x2d, leading)  # (T, E) fp32, zero for unrouted experts
+        coef = gates * self.scaling  # (T, E): w_j * s_j
+        tokens, experts, d = x2d.shape[0], self.num_experts, self.expert_rank
+        A = self.lora_A.to(x2d.dtype)
+        if self.training and self.dropout > 0:
+            slots = index.shape[1] if self.dropout_mode == "per_expert" else 1
+            act = slot_dropout_down(x2d, A, slots, self.dropout)  # (S, T, rank of A)
+            if slots > 1:  # slot j keeps only the expert it routed to: (S, T, E)
+                chosen = coef.new_zeros(slots, tokens, experts).scatter_(2, index.t()[..., None], 1.0)
+                coef = chosen * coef
+        else:
+            act = (x2d @ A.t())[None]  # (1, T, rank of A)
+        act = act.view(act.shape[0], tokens, 1 if self.shared_A else experts, d)
+        mixed = (act * coef.view(-1, tokens, experts, 1)).sum(0)  # (T, E, d)
+        delta = mixed.reshape(tokens, experts * d).to(x2d.dtype) @ self.lora_B.to(x2d.dtype).t()  # (T, m)
         return result + delta.view(*leading, self.out_features).to(result.dtype)
 
     def _fused_delta(self, x2d: torch.Tensor, leading: torch.Size) -> torch.Tensor:
-        device_type = x2d.device.type
-        if torch.is_autocast_enabled(device_type):
-            x2d = x2d.to(torch.get_autocast_dtype(device_type))
-        else:
-            x2d = x2d.to(self.lora_A.dtype)
         routing = self.routing
         spec = RouteSpec(
             top_k=routing.gate.top_k,
@@ -208,19 +213,6 @@ class MoELoRALinear(nn.Module):
         )
         return delta
 
-    def _rank_activations(self, x2d: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        """A_j dropout_j(x) for every expert j: (T, E*d). Unrouted experts are zeroed later by their gate."""
-        if self.training and self.dropout > 0:
-            slots = index if self.dropout_mode == "per_expert" else None
-            # The dropout masks are redrawn from the saved RNG state in backward instead of being stored:
-            # k dropped (T, n) copies would otherwise stay alive until backward.
-            act = checkpoint(
-                dropped_activations, x2d, self.lora_A, slots, self.dropout, self.num_experts, use_reentrant=False
-            )
-        else:
-            act = x2d @ self.lora_A.t()
-        return act.repeat(1, self.num_experts) if self.shared_A else act
-
     # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
     def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:
         """Keeps the factors (CPU, fp32 or fp64) for saving and subtracts their product from the base weight."""
@@ -229,24 +221,11 @@ class MoELoRALinear(nn.Module):
         apply_residual(self.base_layer.weight, *self.residual_factors)
 
 
-def dropped_activations(x2d, A, slots, p: float, num_experts: int) -> torch.Tensor:
-    """dropout(x) A^T with one mask per token (slots None), or one independent mask per top-k slot (T, k).
-
-    Per slot s, the rows of A that belong to the expert chosen in that slot are kept: the result is
-    (T, rank) where each routed expert saw its own dropout draw of x (spec §1 step 4).
-    """
-    if slots is None:
-        return F.dropout(x2d, p, training=True) @ A.t()
-    expert_rank = A.shape[0] // num_experts
-    act = None
-    for slot in range(slots.shape[1]):  # k slots (2), not E experts
-        # one-hot of the slot's expert, spread over its d rank columns: (T, E*d). scatter, not F.one_hot:
-        # one_hot checks its indices on the host, a device sync.
-        chosen = x2d.new_zeros(x2d.shape[0], num_experts).scatter_(1, slots[:, slot : slot + 1], 1.0)
-        chosen = chosen.repeat_interleave(expert_rank, dim=1)
-        slot_act = (F.dropout(x2d, p, training=True) @ A.t()) * chosen  # (T, E*d)
-        act = slot_act if act is None else act + slot_act
-    return act
+def compute_dtype(x: torch.Tensor, adapter_weight: torch.Tensor) -> torch.dtype:
+    """The dtype the adapter's products run in: autocast's when it is on, else the adapter's own (fp32/fp64)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return adapter_weight.dtype
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -271,13 +250,19 @@ def moe_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
-    """lambda * sum over layers of the last forward's balance loss (spec §4); None for models without MoE."""
-    total = None
+    """lambda * sum over layers of the last forward's balance loss (spec §4); None for models without MoE.
+
+    One stack and one sum per distinct lambda (all layers share one): a few kernels, not two per layer.
+    """
+    by_coef: dict[float, list[torch.Tensor]] = {}
     for _, layer in moe_layers(model):
         loss = layer.routing.last_balance_loss
-        if loss is None or layer.routing.balance_coef == 0:
-            continue
-        term = layer.routing.balance_coef * loss
+        if loss is not None and layer.routing.balance_coef != 0:
+            by_coef.setdefault(layer.routing.balance_coef, []).append(loss)
+    total = None
+    for coef, losses in by_coef.items():
+        device = losses[0].device
+        term = torch.stack([loss.to(device) for loss in losses]).sum() * coef
         total = term if total is None else total + term.to(total.device)
     return total
 

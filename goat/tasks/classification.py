@@ -40,9 +40,10 @@ class EpochSampler(Sampler):
         return self.size
 
 
-def collate(tokenizer, label_dtype):
+def collate(tokenizer, label_dtype, pad_to_multiple_of: int = 1):
     def pad(rows: list[dict]) -> dict:
-        batch = tokenizer.pad({"input_ids": [row["input_ids"] for row in rows]}, return_tensors="pt")
+        ids = {"input_ids": [row["input_ids"] for row in rows]}
+        batch = tokenizer.pad(ids, return_tensors="pt", pad_to_multiple_of=pad_to_multiple_of)
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=label_dtype)
         return dict(batch)
 
@@ -63,8 +64,11 @@ def resumable_loader(dataset, batch_size: int, collate_fn, seed: int, num_worker
     )
 
 
-def train_loader(split: TokenizedSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
-    return resumable_loader(split, batch_size, collate(tokenizer, split.label_dtype), seed, num_workers)
+def train_loader(
+    split: TokenizedSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0, pad_to_multiple_of: int = 1
+) -> DataLoader:
+    pad = collate(tokenizer, split.label_dtype, pad_to_multiple_of)
+    return resumable_loader(split, batch_size, pad, seed, num_workers)
 
 
 def eval_loader(split: TokenizedSplit, tokenizer, batch_size: int, num_workers: int = 0) -> DataLoader:

@@ -58,11 +58,12 @@ class InstructionSplit(Dataset):
         return {"input_ids": ids, "labels": labels}
 
 
-def pad_right(pad_id: int):
-    """Collate for training: right padding; labels padded with -100."""
+def pad_right(pad_id: int, pad_to_multiple_of: int = 1):
+    """Collate for training: right padding to the longest row, rounded up to `pad_to_multiple_of`; labels padded
+    with -100."""
 
     def collate(rows: list[dict]) -> dict:
-        width = max(len(row["input_ids"]) for row in rows)
+        width = -(-max(len(row["input_ids"]) for row in rows) // pad_to_multiple_of) * pad_to_multiple_of
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -98,21 +99,41 @@ def decoding_kwargs(decoding: str, family: str) -> dict:
     return {"do_sample": True, **SAMPLING[family]}
 
 
+# With a static cache, prompts are left-padded to a multiple of this many tokens: the cache's length (prompt +
+# new tokens) then takes a few values, and so do the compiled decoding step's shapes and CUDA graphs.
+PROMPT_BUCKET = 64
+
+
+def static_cache_decoding(model, device) -> bool:
+    """Whether generate() runs on the fast path: a static KV cache, whose decoding step transformers compiles
+    (torch.compile, CUDA graphs) on a GPU. Models whose code transformers cannot compile whole keep the
+    dynamic cache."""
+    return torch.device(device).type == "cuda" and bool(getattr(model, "_can_compile_fullgraph", False))
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device, **decoding):
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device, static_cache=None, **decoding
+):
     """Completions of `prompts` (greedy unless `decoding` says otherwise: num_beams, do_sample, temperature, ...),
-    batched with left padding and an attention mask; the prompt echo is cut off."""
+    batched with left padding and an attention mask; the prompt echo is cut off. `static_cache` None: the fast
+    path wherever static_cache_decoding allows it."""
+    if static_cache is None:
+        static_cache = static_cache_decoding(model, device)
+    fast = {"cache_implementation": "static"} if static_cache else {}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     completions = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+            chunk = prompts[start : start + batch_size]
+            bucket = PROMPT_BUCKET if static_cache else None
+            batch = tokenizer(chunk, return_tensors="pt", padding=True, pad_to_multiple_of=bucket).to(device)
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
-                **{"do_sample": False, **decoding},
+                **{"do_sample": False, **fast, **decoding},
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, new): left padding aligns every prompt's end
             completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -134,8 +155,16 @@ def generate_in_step(
     count = torch.tensor([len(prompts)], device=accelerator.device)
     longest = int(accelerator.gather(count).max())
     filler = [prompts[0] if prompts else "Hello"] * (longest - len(prompts))
-    completions = generate(
-        model, tokenizer, prompts + filler, max_new_tokens, batch_size, accelerator.device, synced_gpus=True, **decoding
+    completions = generate(  # sharded weights are gathered at every step: no static graph to capture
+        model,
+        tokenizer,
+        prompts + filler,
+        max_new_tokens,
+        batch_size,
+        accelerator.device,
+        static_cache=False,
+        synced_gpus=True,
+        **decoding,
     )
     return completions[: len(prompts)]
 
@@ -188,7 +217,10 @@ def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, ou
     return {**accuracies, **extra, "average/accuracy": average}
 
 
-def train_loader(split: InstructionSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
+def train_loader(
+    split: InstructionSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0, pad_to_multiple_of: int = 1
+) -> DataLoader:
     from goat.tasks.classification import resumable_loader
 
-    return resumable_loader(split, batch_size, pad_right(tokenizer.pad_token_id), seed, num_workers)
+    collate = pad_right(tokenizer.pad_token_id, pad_to_multiple_of)
+    return resumable_loader(split, batch_size, collate, seed, num_workers)
