@@ -56,6 +56,11 @@ def finished_runs(folder: Path, task: str, variant: str) -> list[dict]:
     found = []
     for path in sorted((Path(folder) / task / variant).glob(f"seed*/{RESULTS_FILE}")):
         results = json.loads(path.read_text())
+        if results.get("random_weights"):
+            raise ValueError(
+                f"{path} was trained from random weights (model.from_config=true): a speed run, not a result; "
+                "move it out of the runs folder to render this table"
+            )
         if results.get("status") == "finished" and results.get("final"):
             found.append(results)
     return sorted(found, key=lambda r: r.get("seed", 0))

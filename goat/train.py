@@ -112,7 +112,9 @@ def train(cfg, callbacks=()) -> dict:
     accelerator.wait_for_everyone()
 
     with distributed.whole_weights(accelerator):
-        model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None))
+        # random weights are drawn where they train, unless an engine shards them from the host copy
+        device = None if distributed.shards_parameters(accelerator) else accelerator.device
+        model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None), device)
         model = apply_adapter(model, adapter_cfg)
     build = PIPELINES.get(type(task).__name__, classification_pipeline)
     loader, evaluator, main_metric = build(cfg, task, tokenizer, accelerator, run_dir)
@@ -206,6 +208,7 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "variant": cfg.variant,
         "model": cfg.model.name_or_path,
         "model_note": cfg.model.pretrained_label,
+        "random_weights": cfg.model.from_config,
         "seed": cfg.trainer.seed,
         "main_metric": main,
         "final": state.history[-1] if state.history else None,

@@ -190,6 +190,8 @@ class Trainer:
             quiet = not sync and not self.deepspeed
             context = self.accelerator.no_sync(self.model) if quiet else contextlib.nullcontext()
             with context:
+                if self.t.compile == "reduce-overhead":  # a new step of the CUDA graphs: last step's outputs are free
+                    torch.compiler.cudagraph_mark_step_begin()
                 output = self.model(**batch)
                 balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
                 loss = output.loss if balance is None else output.loss + balance

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import holder
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from goat.adapters import apply_adapter, auxiliary_loss, method_config
@@ -119,18 +120,22 @@ def test_slot_dropout_down_passes_gradcheck():
 
 @pytest.mark.parametrize("method", ROUTED)
 def test_routed_layer_passes_gradcheck_with_dropout_in_training(method):
-    """The whole layer (router, gate, per-slot dropout, experts) against finite differences, fp64."""
-    model = tiny_llama(method, dtype=torch.float64).train()
-    layer = model.model.layers[0].self_attn.q_proj
+    """The whole layer (router, gate, per-slot dropout, experts, balance loss) against finite differences, fp64."""
+    model = holder(12, 10)
+    top_k = 4 if method == "hydralora" else 2  # HydraLoRA routes densely over its heads
+    cfg = method_config(method, r=8, num_experts=4, top_k=top_k, lora_dropout=0.3, svd_cache_dir=None)
+    layer = apply_adapter(model, cfg).train().proj
     assert isinstance(layer, MoELoRALinear)
     names = ["lora_A", "lora_B", "routing.lora_router.weight"]
-    x = torch.randn(2, 3, 64, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 12, dtype=torch.float64, requires_grad=True)
 
     def forward(x, *params):
         torch.manual_seed(3)  # the same masks at every evaluation
-        return torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x,))
+        out = torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x,))
+        return out, layer.routing.last_balance_loss
 
     params = [layer.get_parameter(name).detach().clone().requires_grad_() for name in names]
+    params[1] = torch.randn_like(params[1], requires_grad=True)  # B = 0 at init would hide the router's gradient
     assert torch.autograd.gradcheck(forward, (x, *params))
 
 

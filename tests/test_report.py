@@ -151,3 +151,15 @@ def test_swept_table_picks_each_cells_best_rate_over_the_seeds_every_rate_has(tm
     assert "lora,CoLA lr6e-4,79.6667,19.5021,3,0 1 2,,," in table
     figure = report_main(["--runs", str(root), "--out", str(tmp_path / "out"), "--table", "small_sweep_lr"])
     assert figure == 0 and is_png(tmp_path / "out" / "figures" / "small_sweep_lr.png")
+
+
+def test_a_run_on_random_weights_is_refused_with_its_path(tmp_path, spec, capsys):
+    """model.from_config=true runs (speed runs of a 7B-shaped model, tiny tests) never enter a results table."""
+    runs = tmp_path / "runs"
+    write_run(runs, "glue/cola", "goat", 0, {"validation/accuracy": 86.0})
+    bad = write_run(runs, "glue/cola", "lora", 0, {"validation/accuracy": 99.0}, random_weights=True)
+    with pytest.raises(ValueError, match="random weights"):
+        markdown(spec, runs, "table4")
+    assert report_main(["--runs", str(runs), "--out", str(tmp_path / "out"), "--table", "table4"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("goat-report:") and str(bad / "results.json") in message
