@@ -1,7 +1,7 @@
 # goat: `make help` lists the targets.
 PYTHON ?= python
 
-.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench reproduce-small \
+.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench bench-model reproduce-small \
 	reproduce-small-commonsense reproduce-small-sweep
 
 help:  ## this list
@@ -30,6 +30,9 @@ lint:  ## ruff
 
 bench:  ## adapter speed/memory vs PEFT LoRA and SVD-init time; writes docs/benchmarks.md (needs a GPU)
 	$(PYTHON) benchmarks/adapter_speed.py --out docs
+
+bench-model:  ## LLaMA-2-7B-shaped train step + decoding, every method eager/compiled; docs/model_speed.md (GPU, ~2 h)
+	$(PYTHON) benchmarks/model_speed.py --out docs $(BENCH_ARGS)
 
 # ----- reproduction: goat-grid runs a table's or figure's grid (a finished run is skipped, an interrupted one
 # resumes), then goat-report renders it next to the paper's numbers into $(REPORTS). Limit with

@@ -5,7 +5,7 @@ import torch
 from conftest import holder
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from goat.adapters import apply_adapter, auxiliary_loss, method_config
+from goat.adapters import apply_adapter, auxiliary_loss, expert_load, method_config
 from goat.adapters.moe import MoELoRALinear
 from goat.adapters.slot_dropout import _SlotDropoutDown, pack_bits, unpack_bits
 from goat.compile import compile_blocks, repeated_blocks
@@ -192,3 +192,15 @@ def test_compiled_run_resumes_exactly_and_logs_its_compilation(tiny_model_dir, k
     lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     first = next(line for line in lines if "compile/first_step_s" in line)
     assert first["compile/first_step_s"] > 0 and first["compile/graphs"] >= 1 and first["compile/graph_breaks"] == 0
+
+
+@pytest.mark.parametrize("method", ROUTED)
+def test_no_grad_forward_keeps_no_tensor_on_the_layers(method):
+    """Decoding runs under no_grad: a CUDA-graph replay must not find an earlier replay's output kept by a layer."""
+    model = tiny_llama(method).eval()
+    ids = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert auxiliary_loss(model) is None and not expert_load(model)
+    model(input_ids=ids)  # with gradients (an evaluation loss, a training step): recorded
+    assert auxiliary_loss(model) is not None and len(expert_load(model)) == 14

@@ -88,6 +88,15 @@ def test_two_processes_train_exactly_what_one_process_trains(method, tiny_model_
         assert shares == [6, 7], log.stderr[-2000:]
 
 
+def test_compiled_blocks_under_ddp_train_what_one_compiled_process_trains(tiny_model_dir, keyword_data, tmp_path):
+    """trainer.compile (aot_eager on the CPU: the traced graphs with eager kernels) under DDP's gradient hooks."""
+    compiled = ["trainer.compile=default", "trainer.compile_backend=aot_eager", "trainer.pad_to_multiple_of=8"]
+    outs = run_pair("goat", tiny_model_dir, keyword_data, tmp_path, *compiled)
+    assert losses(outs[2][0]) == pytest.approx(losses(outs[1][0]), abs=1e-6) and len(losses(outs[1][0])) == 12
+    compiles = [json.loads(line) for line in (outs[2][0] / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("compile/graphs", 0) >= 1 for row in compiles)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["molora", "adamole", "hydralora", "full_ft_moe", "dora", "pissa"])
 def test_every_routed_and_peft_method_runs_under_ddp_without_unused_parameters(

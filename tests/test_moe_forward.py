@@ -7,7 +7,6 @@ from conftest import holder
 from peft import LoraConfig, get_peft_model
 
 from goat.adapters import apply_adapter, auxiliary_loss, expert_load, method_config, token_mask
-from goat.adapters.fused_moe import RouteSpec, topk_moe_lora
 from goat.adapters.moe import balance_loss
 
 
@@ -146,79 +145,27 @@ def test_single_expert_top1_equals_peft_lora_output_and_gradients():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "per_expert,dropout,convention,padded",
-    [
-        (True, 0.0, "reference", False),
-        (True, 0.3, "reference", True),
-        (False, 0.3, "paper", True),
-        (True, 0.3, "paper", False),
-    ],
-)
-def test_fused_step_backward_passes_gradcheck(per_expert, dropout, convention, padded):
-    """The hand-written backward against finite differences, through the output and the balance loss."""
-    torch.manual_seed(0)
-    T, n, m, E, d, k = 7, 6, 5, 4, 2, 2
-    x = torch.randn(T, n, dtype=torch.float64, requires_grad=True)
-    router = torch.randn(E, n, dtype=torch.float64, requires_grad=True)
-    A = torch.randn(E * d, n, dtype=torch.float64, requires_grad=True)
-    B = torch.randn(m, E * d, dtype=torch.float64, requires_grad=True)
-    scaling = torch.tensor([1.0, 0.5, 2.0, 1.5])
-    weight = torch.tensor([1, 1, 0, 1, 1, 0, 1], dtype=torch.float64) if padded else None
-    spec = RouteSpec(top_k=k, dropout=dropout, per_expert=per_expert, convention=convention)
-
-    def step(x, router, A, B):
-        torch.manual_seed(3)  # the same dropout draws at every evaluation
-        delta, loss, _ = topk_moe_lora(x, router, A, B, scaling, weight, spec)
-        return delta, loss
-
-    assert torch.autograd.gradcheck(step, (x, router, A, B))
-
-
-@pytest.mark.parametrize("mode,convention", [("per_expert", "reference"), ("shared", "paper")])
-def test_fused_function_equals_module_path_with_dropout_and_padding(mode, convention):
-    """Same output, balance loss, load and every gradient (no dropout: the two paths draw masks differently)."""
-    layer = goat_layer(4, 2, 8, dropout=0.0)
-    layer.train()
-    layer.dropout_mode, layer.routing.balance_convention = mode, convention
-    x = torch.randn(2, 5, 20, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(2, 5, 18, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
-    results = []
-    for fused in (True, False):
-        layer.fused = fused
-        clear_grads(layer, x)
-        torch.manual_seed(4)
-        with token_mask(layer, mask):
-            out = layer(x)
-        ((out * upstream).sum() + 0.7 * layer.routing.last_balance_loss).backward()
-        results.append(
-            [out.detach(), layer.routing.last_balance_loss.detach(), layer.routing.last_expert_load, *grads(layer, x)]
-        )
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-
-
-def test_fused_function_under_bf16_autocast_matches_module_path_and_keeps_fp32_grads():
+def test_bf16_autocast_forward_matches_fp32_and_keeps_fp32_adapter_grads():
+    """Under bf16 autocast the products run in bf16 and the output is bf16; the adapter's gradients stay fp32 and
+    agree with an fp32 forward to bf16 precision."""
     layer = goat_layer(8, 2, 16).float()
-    layer.base_layer.to(torch.bfloat16)
     layer.train()
-    x = torch.randn(3, 7, 20, dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(3, 7, 20)
     results = []
-    for fused in (True, False):
-        layer.fused = fused
+    for autocast in (True, False):
         clear_grads(layer, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = layer(x)
-        assert out.dtype == torch.bfloat16
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(xi)
+        assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
         (out.float().square().sum() + layer.routing.last_balance_loss).backward()
         assert layer.lora_A.grad.dtype == layer.lora_B.grad.dtype == torch.float32
-        results.append([out.detach().float(), *[g.float() for g in grads(layer, x)]])
+        results.append([out.detach().float(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone(), xi.grad.float()])
     for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+        torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2 * want.abs().max().item())
 
 
-def test_fused_balance_loss_and_its_gradient_equal_the_module_path():
+def test_balance_loss_and_its_router_gradient_equal_a_direct_computation():
     layer = goat_layer(4, 2, 8, dropout=0.1)
     layer.train()
     x = torch.randn(2, 5, 20, dtype=torch.float64, requires_grad=True)

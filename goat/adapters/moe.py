@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from goat.adapters.fused_moe import RouteSpec, topk_moe_lora
 from goat.adapters.slot_dropout import slot_dropout_down
 
 
@@ -113,9 +112,16 @@ class MoERouting(nn.Module):
         self.last_expert_load: torch.Tensor | None = None
 
     def forward(self, x2d: torch.Tensor, leading_shape: torch.Size):
-        """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), top-k index (T, k) or None."""
+        """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), top-k index (T, k) or None.
+
+        The balance loss and the expert load are recorded only where gradients are computed: under no_grad
+        (evaluation, decoding) the layer keeps no tensor of its own, so a CUDA-graph replay of the decoding
+        step never finds an earlier replay's output still referenced.
+        """
         probs = at_least_fp32(self.lora_router(x2d)).softmax(dim=-1)  # (T, E), fp32 as in the reference
         gates, dispatch, balance_probs, index = self.gate(probs, x2d)
+        if not torch.is_grad_enabled():
+            return gates, dispatch, index
         weight = self.token_weight(leading_shape, probs)
         self.last_balance_loss, counts = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
         self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1; counts carry no grad
@@ -170,8 +176,6 @@ class MoELoRALinear(nn.Module):
         self.dropout_mode = "shared" if shared_A or not isinstance(gate, TopKGate) else dropout_mode
         self.shared_A = shared_A
         self.residual_factors: tuple[torch.Tensor, torch.Tensor] | None = None
-        # The older eager-only path (one autograd Function, fused_moe.py), kept for the benchmark's comparison.
-        self.fused = False
         if device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # LoRA default (spec §7)
 
@@ -179,9 +183,6 @@ class MoELoRALinear(nn.Module):
         result = self.base_layer(x)
         leading = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).to(compute_dtype(x, self.lora_A))  # (T, n)
-        if self.fused:
-            delta = self._fused_delta(x2d, leading)
-            return result + delta.view(*leading, self.out_features).to(result.dtype)
         gates, _, index = self.routing(x2d, leading)  # (T, E) fp32, zero for unrouted experts
         coef = gates * self.scaling  # (T, E): w_j * s_j
         tokens, experts, d = x2d.shape[0], self.num_experts, self.expert_rank
@@ -198,20 +199,6 @@ class MoELoRALinear(nn.Module):
         mixed = (act * coef.view(-1, tokens, experts, 1)).sum(0)  # (T, E, d)
         delta = mixed.reshape(tokens, experts * d).to(x2d.dtype) @ self.lora_B.to(x2d.dtype).t()  # (T, m)
         return result + delta.view(*leading, self.out_features).to(result.dtype)
-
-    def _fused_delta(self, x2d: torch.Tensor, leading: torch.Size) -> torch.Tensor:
-        routing = self.routing
-        spec = RouteSpec(
-            top_k=routing.gate.top_k,
-            dropout=self.dropout if self.training else 0.0,
-            per_expert=self.dropout_mode == "per_expert",
-            convention=routing.balance_convention,
-        )
-        token_weight = routing.token_weight(leading, x2d)
-        delta, routing.last_balance_loss, routing.last_expert_load = topk_moe_lora(
-            x2d, routing.lora_router.weight, self.lora_A, self.lora_B, self.scaling, token_weight, spec
-        )
-        return delta
 
     # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
     def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:
