@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 17's GPU measurements on a lent GPU machine (the `device` tool), one part per call (each fits 10 minutes):
+#   PART=train-a   lora, goat, molora: training step at 4x512 and 16x512, eager and compiled (32 blocks)
+#   PART=train-b   lora, hydralora, adamole, dora, pissa: the same
+#   PART=decode    lora, goat, molora, hydralora, adamole: greedy decoding, batch 8 and 64, fast path and eager
+#   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
+#                  micro-batch 4 x 512 tokens, compiled, 40 steps + a short generation evaluation
+# Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
+# (recipe: $OUT/recipe/{results.json,metrics.jsonl,config.yaml}).
+# The machine has torch, transformers, peft and accelerate; the recipe part also needs goat's other dependencies
+# as wheels for Python 3.12 in $WHEELS (hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, datasets and what it
+# needs), made here with `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d scratch/wheels_ds`,
+# and GSM8K in $DATA (default scratch/data/math, a copy of ../shared/data/math/gsm8k_official).
+# Usage there: PART=train-a bash scripts/device_bench_model.sh
+set -uo pipefail
+OUT=${OUT:-/tmp}
+PART=${PART:?name the part: PART=train-a | train-b | decode | recipe}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+bench() { python3 benchmarks/model_speed.py --out "$OUT/$PART" --budget "${BUDGET:-540}" "$@"; }
+case "$PART" in
+  train-a) bench --methods lora,goat,molora --decode-batches '' ;;
+  train-b) bench --methods lora,hydralora,adamole,dora,pissa --decode-batches '' ;;
+  decode)  bench --methods lora,goat,molora,hydralora,adamole --shapes '' ;;
+  recipe)
+    wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
+    [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
+    python3 scripts/shape_model.py --out /tmp/llama2-7b-shape
+    timeout "${BUDGET:-540}" python3 -m goat.cli task=math/gsm8k task.data_dir="${DATA:-scratch/data/math}" \
+      model.name_or_path=/tmp/llama2-7b-shape model.from_config=true method=goat method.r=32 method.lora_alpha=64 \
+      trainer.max_steps=40 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.log_every_steps=5 \
+      trainer.compile=default trainer.pad_to_multiple_of=64 task.max_eval_samples=64 task.max_new_tokens=64 \
+      trainer.eval_batch_size=64 trainer.progress=false logger=none output_dir="$OUT/recipe" 2>&1 | tail -40
+    ;;
+  *) echo "unknown PART=$PART"; exit 2 ;;
+esac
