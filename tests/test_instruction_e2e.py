@@ -159,6 +159,30 @@ def test_static_cache_compiled_decoding_equals_dynamic_cache_decoding(data_and_m
     assert counters["graphs"] >= 1 and counters["graph_breaks"] == 0  # the decoding step compiled, whole
 
 
+def test_generation_out_of_gpu_memory_goes_on_in_halves(data_and_model, caplog):
+    """A batch that does not fit is generated again in smaller batches: same completions, the run goes on."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root, model_dir, tokenizer = data_and_model
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(model_dir)).eval()
+    sizes = []
+
+    class SmallGPU(torch.nn.Module):
+        def generate(self, input_ids, **kwargs):
+            sizes.append(len(input_ids))
+            if len(input_ids) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return model.generate(input_ids=input_ids, **kwargs)
+
+    prompts = ["a b c", "a", "b c", "c", "a c"]
+    want = generate(model, tokenizer, prompts, 4, 2, "cpu")
+    assert generate(SmallGPU(), tokenizer, prompts, 4, 8, "cpu") == want
+    assert sizes == [5, 4, 2, 2, 1] and "out of GPU memory at batch 4: going on at 2" in caplog.text
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # processes in step cannot change their batch alone
+        generate(SmallGPU(), tokenizer, prompts, 4, 8, "cpu", synced_gpus=True)
+
+
 def test_decoding_choices_follow_what_the_reference_ran():
     from goat.tasks.instruction import decoding_kwargs
 

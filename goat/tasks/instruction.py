@@ -117,29 +117,44 @@ def generate(
 ):
     """Completions of `prompts` (greedy unless `decoding` says otherwise: num_beams, do_sample, temperature, ...),
     batched with left padding and an attention mask; the prompt echo is cut off. `static_cache` None: the fast
-    path wherever static_cache_decoding allows it."""
+    path wherever static_cache_decoding allows it.
+
+    `batch_size` is where generation starts: a batch that runs out of GPU memory is generated again in halves
+    (and so is the rest), so a large trainer.eval_batch_size uses the memory a GPU has and never ends a run.
+    Processes generating in step (synced_gpus) must keep one batch size: there the error is raised.
+    """
     if static_cache is None:
         static_cache = static_cache_decoding(model, device)
-    fast = {"cache_implementation": "static"} if static_cache else {}
+    options = {"do_sample": False, **({"cache_implementation": "static"} if static_cache else {}), **decoding}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    completions = []
+    completions, start = [], 0
     try:
-        for start in range(0, len(prompts), batch_size):
+        while start < len(prompts):
             chunk = prompts[start : start + batch_size]
-            bucket = PROMPT_BUCKET if static_cache else None
-            batch = tokenizer(chunk, return_tensors="pt", padding=True, pad_to_multiple_of=bucket).to(device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                **{"do_sample": False, **fast, **decoding},
-            )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, new): left padding aligns every prompt's end
-            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            try:
+                completions += _generate_batch(model, tokenizer, chunk, max_new_tokens, device, static_cache, options)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1 or options.get("synced_gpus"):
+                    raise
+                torch.cuda.empty_cache()
+                logging.getLogger("goat").warning(
+                    "generation ran out of GPU memory at batch %d: going on at %d", batch_size, batch_size // 2
+                )
+                batch_size //= 2
+                continue
+            start += len(chunk)
     finally:
         tokenizer.padding_side = side
     return completions
+
+
+def _generate_batch(model, tokenizer, chunk, max_new_tokens, device, static_cache, options) -> list[str]:
+    bucket = PROMPT_BUCKET if static_cache else None
+    batch = tokenizer(chunk, return_tensors="pt", padding=True, pad_to_multiple_of=bucket).to(device)
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+    new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, new): left padding aligns every prompt's end
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 def generate_in_step(
