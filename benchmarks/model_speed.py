@@ -53,7 +53,12 @@ TOP_2 = {"num_experts": 8, "top_k": 2}
 # What each method uses beyond LORA: hydralora's preset routes densely (top_k = E) itself, AdaMoLE's threshold gate
 # picks how many experts are active.
 OPTIONS = {"lora": {}, "dora": {}, "pissa": {}, "goat": TOP_2, "molora": TOP_2,
-           "hydralora": {"num_experts": 8}, "adamole": {"num_experts": 8}, "goat-official": TOP_2}
+           "hydralora": {"num_experts": 8}, "adamole": {"num_experts": 8}, "goat-official": TOP_2,
+           # what the dropout costs (a variant is its method's preset with these changes; not in the default run):
+           # one mask per token instead of one per routed expert, and no dropout at all, beside LoRA's floor
+           "goat-shared": {**TOP_2, "dropout_mode": "shared"}, "goat-nodrop": {**TOP_2, "lora_dropout": 0.0},
+           "lora-nodrop": {"lora_dropout": 0.0}}
+VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop")
 METHODS = tuple(OPTIONS)
 EAGER_ONLY = ("goat-official",)
 OFFICIAL_BALANCE_COEF = 1e-3  # goat's AdapterConfig.balance_coef default, lambda of the official scripts
@@ -182,8 +187,8 @@ def adapt(run: Run, method: str) -> Adapted:
         return Adapted(None, note=f"n/a: --official-layer {official} is not a file (never shipped or downloaded)")
     svd = {"svd_shrink": True} if method == "pissa" and not run.args.pissa_peft_svd else {}
     cache = None if run.args.svd_cache is None else str(run.args.svd_cache)
-    preset = method.removesuffix("-official")  # goat-official: goat's preset
-    cfg = method_config(preset, **LORA, **OPTIONS[method], **svd, svd_cache_dir=cache)
+    preset = method.split("-")[0]  # goat-official, goat-shared, lora-nodrop: their method's preset
+    cfg = method_config(preset, **{**LORA, **OPTIONS[method]}, **svd, svd_cache_dir=cache)
     model = build_base(run)
     sync(run.device)
     began = time.perf_counter()
@@ -296,7 +301,7 @@ def generate_seconds(run: Run, model: nn.Module, prompt: dict, new_tokens: int, 
 
 def ms_per_token(run: Run, model: nn.Module, prompt: dict, fast: bool) -> dict:
     """ms per generated token past the first: medians of 3 generates of N and of 1 token, after warm-up generates of
-    N until two in a row agree within 10% (at least 4 when compiled, at most 8). The first warm-up includes
+    N until three in a row agree within 10% (at least 5 when compiled, at most 10). The first warm-up includes
     compilation. The fast path reuses one static cache: CUDA graph trees re-record the decoding step whenever the
     addresses of the cache's tensors change, and with a new cache per call (--fresh-static-cache) goat's MoE models
     ran 20x slower than replay for 3 to 6+ calls (2 layers, H200)."""
@@ -304,14 +309,19 @@ def ms_per_token(run: Run, model: nn.Module, prompt: dict, fast: bool) -> dict:
     cache = None
     if fast and not run.args.fresh_static_cache:
         cache = StaticCache(config=model.config, max_cache_len=prompt["input_ids"].shape[1] + n)
-    least = 4 if fast and run.device.type == "cuda" else 2
+    least = 5 if fast and run.device.type == "cuda" else 2
     warmup = [generate_seconds(run, model, prompt, n, cache)]
-    while len(warmup) < 8 and (len(warmup) < least or abs(warmup[-1] - warmup[-2]) > 0.1 * warmup[-2]):
+    while len(warmup) < 10 and (len(warmup) < least or not settled(warmup[-3:])):
         warmup.append(generate_seconds(run, model, prompt, n, cache))
     long = [generate_seconds(run, model, prompt, n, cache) for _ in range(3)]
     short = [generate_seconds(run, model, prompt, 1, cache) for _ in range(3)]
     ms = 1e3 * (statistics.median(long) - statistics.median(short)) / (n - 1)
     return {"ms_per_token": ms, "warmup_s": warmup[0], "warmups_s": warmup, "seconds_n": long, "seconds_1": short}
+
+
+def settled(times: list[float]) -> bool:
+    """Three generates in a row within 10% of each other (two slow ones in a row can still be re-recordings)."""
+    return len(times) == 3 and max(times) <= 1.1 * min(times)
 
 
 def measure_decoding(run: Run, method: str, adapted: Adapted) -> None:
@@ -454,7 +464,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiny", action="store_true", help="tiny LLaMA on the CPU, fp32, eager (a check, seconds)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    default = ",".join(m for m in METHODS if m not in VARIANTS)
+    parser.add_argument("--methods", default=default, help=f"comma-separated, from {list(METHODS)}")
     parser.add_argument("--modes", help="eager and goat.compile modes (default eager,default)")
     parser.add_argument("--shapes", help="training micro-batches BxL (default 4x512,16x512; '' for none)")
     parser.add_argument("--steps", type=int, help="timed training steps (default 10)")
