@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
-from goat.config import adapter_overrides
+from goat.config import TaskConfig, TrainerConfig, adapter_overrides
+from goat.domains import domain_errors
 from goat.schedule import SCHEDULES
 from goat.tasks import LOADERS
 
@@ -40,6 +41,7 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     from goat.models import DTYPES, MODEL_CLASSES
 
     t = cfg.trainer
+    check_domains(cfg)
     _one_of("task.loader", cfg.task.loader, sorted(LOADERS))
     _one_of("model.kind", cfg.model.kind, list(MODEL_CLASSES))
     _one_of("model.dtype", cfg.model.dtype, list(DTYPES))
@@ -51,8 +53,6 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     _one_of("trainer.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _one_of("trainer.compile", t.compile, COMPILE_MODES)
     _one_of("trainer.compile_backend", t.compile_backend, COMPILE_BACKENDS)
-    if t.pad_to_multiple_of < 1:
-        raise ConfigError(f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} must be >= 1 (1: pad to the longest row)")
     if t.compile == "reduce-overhead" and t.pad_to_multiple_of < 8:
         raise ConfigError(
             f"trainer.compile=reduce-overhead records one CUDA graph per batch shape; with "
@@ -64,9 +64,6 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
             "(identical greedy samples would overstate pass@k)"
         )
-    for key in ("lr", "batch_size", "micro_batch_size", "eval_batch_size"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be > 0")
     per_step = t.micro_batch_size * num_processes
     if t.batch_size < per_step or t.batch_size % per_step:
         raise ConfigError(
@@ -78,16 +75,24 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             "trainer.on_nonfinite=skip is not available under DeepSpeed, whose engine takes the optimizer step "
             "inside backward; use trainer.on_nonfinite=stop (DeepSpeed's fp16 loss scaler skips overflow itself)"
         )
-    if t.max_steps is None and t.epochs <= 0:
-        raise ConfigError("trainer.epochs must be > 0 (or set trainer.max_steps)")
     if cfg.resume not in ("never", "auto") and not Path(cfg.resume).is_dir():
         raise ConfigError(f"resume={cfg.resume!r}: expected never, auto, or an existing checkpoint directory")
     try:
         adapter_cfg = method_config(cfg.method.method, **adapter_overrides(cfg.method))
         validate(adapter_cfg)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"method: {error}") from None
+        message = str(error)
+        raise ConfigError(message if message.startswith("method.") else f"method: {message}") from None
     return adapter_cfg
+
+
+def check_domains(cfg) -> None:
+    """Every numeric setting of trainer and task inside its domain (goat.domains, declared in goat.config)."""
+    for prefix, schema in (("trainer", TrainerConfig), ("task", TaskConfig)):
+        section = cfg[prefix]
+        errors = domain_errors(lambda name, section=section: section.get(name), schema, prefix)
+        if errors:
+            raise ConfigError(errors[0])
 
 
 def check_output_dir(output_dir) -> None:

@@ -24,7 +24,8 @@ USAGE = """usage: goat-train [key=value ...] [--cfg] [--help]
   goat-train task=glue/rte method=lora trainer.lr=2e-4 trainer.seed=1
   goat-train resume=auto output_dir=runs/x     continue an interrupted run
 
-  --cfg   print the composed config and exit
+  --cfg     print the composed config and exit
+  --debug   an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
 """
 
 
@@ -99,14 +100,46 @@ def _one_line(error: Exception) -> str:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
 
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g))}" for g in GROUPS))
         return 0
-    show = "--cfg" in argv
-    argv = [a for a in argv if a != "--cfg"]
+    show, debug = "--cfg" in argv, "--debug" in argv
+    argv = [a for a in argv if a not in ("--cfg", "--debug")]
+    if debug:
+        return _train(argv, show)
+    try:
+        return _train(argv, show)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line and a log, never a bare traceback
+        log = _write_traceback("goat-train")
+        print(
+            f"goat-train: unexpected error: {type(error).__name__}: {_first_line(error)} (the traceback is in {log}; "
+            "--debug prints it here)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _write_traceback(program: str) -> Path:
+    """The current exception's traceback in a new file of the temporary folder; returns its path."""
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix=f"{program}-", suffix=".log")
+    with open(handle, "w") as log:
+        log.write(traceback.format_exc())
+    return Path(path)
+
+
+def _train(argv: list[str], show: bool) -> int:
+    from omegaconf import OmegaConf
+
     from goat.checkpoint import CheckpointError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from goat.adapters.config import AdapterConfig
+from goat.domains import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED, ranged
 
 
 @dataclass
@@ -22,17 +23,17 @@ class TaskConfig:
     subset: str = ""  # hub config name (glue: cola)
     data_dir: str | None = None  # local files instead of the hub (format: the loader's docstring)
     prefix: str = ""  # instruction prefix of every input text (spec §6, GLUE)
-    max_length: int = 128  # tokens
-    max_train_samples: int | None = None  # a seeded random subset (spec: subsets shuffled with the seed)
-    max_eval_samples: int | None = None
+    max_length: int = ranged(128, POSITIVE_INT)  # tokens
+    max_train_samples: int | None = ranged(None, POSITIVE_INT)  # a seeded random subset (spec: shuffled with the seed)
+    max_eval_samples: int | None = ranged(None, POSITIVE_INT)
     # Instruction tasks (commonsense, math): the training file (relative to data_dir), the test sets scored
     # after each epoch (data_dir/<set>/test.json), and the generation budget per answer.
     train_file: str | None = None
     eval_sets: list[str] = field(default_factory=list)
-    max_new_tokens: int = 32
-    num_samples: int = 1  # generation tasks: completions per prompt; > 1 (with decoding=sample) gives pass@k
+    max_new_tokens: int = ranged(32, POSITIVE_INT)
+    num_samples: int = ranged(1, POSITIVE_INT)  # generation tasks: completions per prompt; > 1 (sampling): pass@k
     decoding: str = "greedy"  # generation tasks: greedy | paper (what the reference ran) | sample (its sampling values)
-    image_size: int = 224  # image tasks: crop side in pixels
+    image_size: int = ranged(224, POSITIVE_INT)  # image tasks: crop side in pixels
 
 
 @dataclass
@@ -55,27 +56,27 @@ class ModelConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: float = 10.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 256  # total batch per optimizer step (all devices x accumulation)
-    micro_batch_size: int = 32  # per device and forward pass; accumulation = batch / (micro x devices)
-    eval_batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03  # of the total steps (the reference scripts)
-    warmup_steps: int | None = None  # overrides warmup_ratio (the paper says 100)
+    epochs: float = ranged(10.0, POSITIVE)
+    max_steps: int | None = ranged(None, POSITIVE_INT)  # optimizer steps; overrides epochs when set
+    batch_size: int = ranged(256, POSITIVE_INT)  # total batch per optimizer step (all devices x accumulation)
+    micro_batch_size: int = ranged(32, POSITIVE_INT)  # per device and forward; accumulation = batch / (micro x devices)
+    eval_batch_size: int = ranged(64, POSITIVE_INT)
+    lr: float = ranged(1e-4, POSITIVE)
+    weight_decay: float = ranged(0.0, NON_NEGATIVE)
+    warmup_ratio: float = ranged(0.03, PROBABILITY)  # of the total steps (the reference scripts)
+    warmup_steps: int | None = ranged(None, NON_NEGATIVE_INT)  # overrides warmup_ratio (the paper says 100)
     scheduler: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = ranged(1.0, POSITIVE)  # null: no clipping
     mixed_precision: str = "bf16"  # no | fp16 | bf16 (CPU: bf16 autocast, or no)
-    eval_every_steps: int | None = None  # besides the end of every epoch
-    save_every_steps: int | None = None  # besides the end of training
-    keep_last: int = 2  # step checkpoints kept in the run directory
+    eval_every_steps: int | None = ranged(None, POSITIVE_INT)  # besides the end of every epoch
+    save_every_steps: int | None = ranged(None, POSITIVE_INT)  # besides the end of training
+    keep_last: int = ranged(2, POSITIVE_INT)  # step checkpoints kept in the run directory
     # A NaN or inf loss or gradient: stop (end the run with the step and the router statistics logged; the
     # last checkpoint stays) or skip (drop that optimizer step, count it in train/skipped_steps, go on).
     on_nonfinite: str = "stop"
-    log_every_steps: int = 10
-    seed: int = 0
-    num_workers: int = 0
+    log_every_steps: int = ranged(10, POSITIVE_INT)
+    seed: int = ranged(0, SEED)
+    num_workers: int = ranged(0, NON_NEGATIVE_INT)
     cpu: bool = False  # train on the CPU even when a GPU is present
     # torch.compile of each transformer block (goat.compile): none | default | reduce-overhead (CUDA graphs) |
     # max-autotune. The first step pays the compile time (logged as compile/first_step_s).
@@ -83,7 +84,7 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # inductor; aot_eager traces the graphs but runs eager kernels (tests)
     # Training batches are padded to a multiple of this many tokens: with compilation, each distinct length
     # is a compiled graph (and a CUDA graph under reduce-overhead), so 64 bounds them to max_length / 64.
-    pad_to_multiple_of: int = 1
+    pad_to_multiple_of: int = ranged(1, POSITIVE_INT)
     progress: bool = True
 
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
-from goat.checkpoint import list_checkpoints, newest_intact_checkpoint
+from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import ConfigError, check_config, check_model, check_output_dir, check_same_run
 from goat.evaluate import evaluate
 from goat.tasks import load_task
@@ -32,8 +32,9 @@ RESULTS = "results.json"
 
 
 def prepare_run_dir(cfg, main_process: bool = True) -> tuple[Path, Path | None]:
-    """(run directory, checkpoint to resume from or None); refuses to overwrite a finished run. Of several
-    processes only the main one moves a run aside (overwrite=true); all reach the same answer."""
+    """(run directory, checkpoint to resume from or None); refuses to overwrite a finished run, whatever `resume`
+    says, and verifies an explicit checkpoint before anything is written. Of several processes only the main one
+    moves a run aside (overwrite=true); all reach the same answer."""
     run_dir = Path(cfg.output_dir)
     finished = (run_dir / RESULTS).exists()
     checkpoints = list_checkpoints(run_dir)
@@ -54,8 +55,7 @@ def prepare_run_dir(cfg, main_process: bool = True) -> tuple[Path, Path | None]:
             )
         return run_dir, intact
     if cfg.resume != "never":
-        check_same_run(cfg, Path(cfg.resume).parent.parent)
-        return run_dir, Path(cfg.resume)
+        return run_dir, explicit_checkpoint(cfg, run_dir, finished, main_process)
     if finished or checkpoints:
         if not cfg.overwrite:
             what = (
@@ -68,10 +68,40 @@ def prepare_run_dir(cfg, main_process: bool = True) -> tuple[Path, Path | None]:
                 f"output_dir=..., or overwrite=true to keep it aside as {run_dir.name}.old-* and start over"
             )
         if main_process:
-            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(run_dir), aside)  # never deleted: a finished result stays on disk
-            logger.warning("moved the previous run to %s", aside)
+            _move_aside(run_dir)
     return run_dir, None
+
+
+def explicit_checkpoint(cfg, run_dir: Path, finished: bool, main_process: bool) -> Path:
+    """resume=<checkpoint>: an intact checkpoint of the same setting, resumed into a folder that holds no finished
+    run (with overwrite=true a finished one is moved aside first, unless the checkpoint lies inside it)."""
+    checkpoint = Path(cfg.resume)
+    problem = verify(checkpoint)
+    if problem is not None:
+        raise ConfigError(
+            f"resume={cfg.resume} is not an intact goat checkpoint ({problem}); pass a checkpoints/step-* "
+            "folder of a run, or resume=auto"
+        )
+    check_same_run(cfg, checkpoint.parent.parent)
+    if finished:
+        inside = run_dir.resolve() in checkpoint.resolve().parents
+        if not cfg.overwrite or inside:
+            raise ConfigError(
+                f"{run_dir} already holds a finished run ({RESULTS}); resume=... never writes over one. Resume into "
+                "another output_dir=..."
+                + ("" if inside else f", or pass overwrite=true to keep it aside as {run_dir.name}.old-*")
+            )
+        if main_process:
+            _move_aside(run_dir)
+    else:
+        check_same_run(cfg, run_dir)  # an unfinished run of another setting is not continued with this one
+    return checkpoint
+
+
+def _move_aside(run_dir: Path) -> None:
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(run_dir), aside)  # never deleted: a finished result stays on disk
+    logger.warning("moved the previous run to %s", aside)
 
 
 def write_run_info(run_dir: Path, cfg) -> None:

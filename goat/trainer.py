@@ -28,6 +28,7 @@ from goat.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from goat.checks import ConfigError
 from goat.compile import compile_blocks, compile_counters
 from goat.schedule import make_scheduler
 
@@ -63,6 +64,11 @@ class Trainer:
             distributed.configure_fsdp(accelerator, model)
         self.compiled_blocks = compile_blocks(model, self.t.compile, backend=self.t.compile_backend)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if len(self.train_loader) == 0:  # a loop over no batch would wait for one forever
+            raise ConfigError(
+                f"the training loader of this process yields no batch ({len(train_loader.dataset)} examples over "
+                f"{accelerator.num_processes} processes); give the task more training rows"
+            )
         # FSDP2 replaces the parameters by sharded ones: clip and check those
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)

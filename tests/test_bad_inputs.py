@@ -62,13 +62,13 @@ CONFIG_CASES = {
     "rank > layer dim": (["method.r=64"], r"rank r=64 exceeds min\(in, out\) = 32 of layer"),
     "target matches nothing": (["method.target_modules=[nomatch]"], r"\['nomatch'\] matched no nn.Linear .*query"),
     "head not a module": (["method.modules_to_save=[nohead]"], r"modules_to_save \['nohead'\] are not modules"),
-    "dropout out of range": (["method.lora_dropout=1.5"], r"lora_dropout must be in \[0, 1\), got 1.5"),
+    "dropout out of range": (["method.lora_dropout=1.5"], r"method.lora_dropout=1.5 must be a probability in \[0, 1\)"),
     "unknown scaling": (["method.scaling=foo"], r"scaling must be one of"),
     "unknown scheduler": (["trainer.scheduler=foo"], r"trainer.scheduler='foo' is unknown; valid: cosine"),
     "unknown logger": (["logger.backend=foo"], r"logger.backend='foo' is unknown; valid: wandb, none"),
     "unknown dtype": (["model.dtype=float8"], r"model.dtype='float8' is unknown; valid: float32"),
     "unknown model kind": (["model.kind=foo"], r"model.kind='foo' is unknown; valid: sequence_classification"),
-    "negative lr": (["trainer.lr=-1"], r"trainer.lr=-1.0 must be > 0"),
+    "negative lr": (["trainer.lr=-1"], r"trainer.lr=-1.0 must be a finite number > 0"),
     "batch not a multiple": (["trainer.batch_size=20"], r"batch_size=20 must be a multiple of .* 8 x 1"),
     "unknown decoding": (["task.decoding=beam"], r"task.decoding='beam' is unknown"),
     "greedy pass@k": (["task.num_samples=5"], r"num_samples=5: use 1, or more with task.decoding=sample"),
@@ -151,7 +151,7 @@ def test_missing_data_file_and_empty_subset(guarded, capsys, tiny_model_dir, key
     line = bad_run(
         capsys, tiny_run_overrides(tiny_model_dir, keyword_data, tmp_path / "run", "task.max_train_samples=0")
     )
-    assert "task.max_train_samples=0 keeps no rows" in line
+    assert "task.max_train_samples=0 must be an integer >= 1" in line
 
 
 def test_resume_from_another_model_or_a_finished_run_fails_and_keeps_it(capsys, tiny_model_dir, keyword_data, tmp_path):
@@ -175,3 +175,73 @@ def test_resume_from_another_model_or_a_finished_run_fails_and_keeps_it(capsys, 
     assert f"model.name_or_path: '{tiny_model_dir}' -> '{other_model}'" in line
     assert (tmp_path / "results.json").read_bytes() == results
     assert (out / "checkpoints").is_dir() and (out / "final").is_dir()
+
+
+@pytest.fixture()
+def finished_with_checkpoints(tiny_model_dir, keyword_data, tmp_path):
+    """Two finished tiny runs, A with checkpoints at steps 2 and 4."""
+    from goat.cli import compose
+    from goat.train import train
+
+    runs = {}
+    for name in ("a", "b"):
+        out = tmp_path / name
+        extra = ("trainer.max_steps=4", "trainer.save_every_steps=2", "trainer.keep_last=3")
+        train(compose(tiny_run_overrides(tiny_model_dir, keyword_data, out, *extra)))
+        runs[name] = out
+    return runs
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_explicit_resume_never_writes_over_a_finished_run(
+    finished_with_checkpoints, capsys, tiny_model_dir, keyword_data
+):
+    a, b = finished_with_checkpoints["a"], finished_with_checkpoints["b"]
+    step2 = a / "checkpoints" / "step-00000002"
+    before = {a: files_of(a), b: files_of(b)}
+    # its own folder, another finished run, and with overwrite=true the folder that holds the checkpoint
+    for out, extra in ((a, ()), (b, ()), (a, ("overwrite=true",))):
+        overrides = tiny_run_overrides(tiny_model_dir, keyword_data, out, f"resume={step2}", *extra)
+        line = bad_run(capsys, [*overrides, "trainer.max_steps=4"])
+        assert f"{out} already holds a finished run" in line and "never writes over one" in line, line
+    assert files_of(a) == before[a] and files_of(b) == before[b]
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint_is_one_line(capsys, tiny_model_dir, keyword_data, tmp_path):
+    folder = tmp_path / "not-a-checkpoint"
+    folder.mkdir()
+    out = tmp_path / "run"
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, out, f"resume={folder}"))
+    assert f"resume={folder} is not an intact goat checkpoint" in line and "has no manifest" in line.lower(), line
+    assert not out.exists()
+
+
+def test_an_empty_instruction_training_set_fails_before_the_run_folder(capsys, tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    (data / "boolq").mkdir(parents=True)
+    (data / "commonsense_170k.json").write_text("[]")
+    record = {"instruction": "Is it? true or false", "input": "", "output": "true", "answer": "true"}
+    (data / "boolq" / "test.json").write_text(json.dumps([record]))
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_run_overrides(tiny_model_dir, data, out) if not o.startswith("task=")]
+    causal = ["model.kind=causal_lm", "model.dtype=float32", "method.target_modules=[query,value]"]
+    line = bad_run(capsys, ["task=commonsense/boolq", *overrides, *causal])
+    assert "the training set of commonsense/boolq is empty" in line and "commonsense_170k.json" in line, line
+    assert not out.exists()
+
+
+def test_an_unexpected_error_is_one_line_and_a_log_file(monkeypatch, capsys, tmp_path):
+    def broken(cfg, callbacks=()):
+        raise RuntimeError("something goat did not foresee\nmore detail")
+
+    monkeypatch.setattr(goat.train, "train", broken)
+    assert train_main([f"output_dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected error: RuntimeError: something goat did not foresee" in err
+    log = Path(re.search(r"the traceback is in (\S+);", err).group(1))
+    assert "Traceback" in log.read_text() and "more detail" in log.read_text()
+    with pytest.raises(RuntimeError):  # --debug: the traceback itself
+        train_main([f"output_dir={tmp_path / 'run'}", "--debug"])

@@ -65,8 +65,10 @@ def test_corrupted_bytes_and_no_intact_checkpoint_fail_clearly(tiny_model_dir, k
         assert "checksum" in checkpoint.verify(path)
     with pytest.raises(ConfigError, match="none of the 2 checkpoints .* is intact.*overwrite=true"):
         run(tiny_model_dir, keyword_data, out, "resume=auto")
-    with pytest.raises(checkpoint.CheckpointError, match="is not intact"):
+    config = (out / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="is not an intact goat checkpoint .*checksum"):  # before anything is written
         run(tiny_model_dir, keyword_data, out, f"resume={checkpoint.list_checkpoints(out)[0]}")
+    assert (out / "config.yaml").read_bytes() == config
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, keyword_data, tmp_path, monkeypatch):

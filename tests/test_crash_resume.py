@@ -52,16 +52,20 @@ def tail(log):
     return log.read_text(errors="replace")[-2000:]
 
 
-def wait_for_step(process, out, step, log, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_step(process, out, step, log, stall=600):
+    """Waits while the run makes progress: it fails only if the run ends first or logs no new step for `stall`
+    seconds (a hang), never because a loaded machine trains slowly."""
+    last, progress_at = None, time.monotonic()
+    while time.monotonic() - progress_at < stall:
         steps = logged_steps(out)
         if steps and steps[-1] >= step:
             return
+        if steps and steps[-1] != last:
+            last, progress_at = steps[-1], time.monotonic()
         if process.poll() is not None:
             pytest.fail(f"training ended before step {step}: {tail(log)}")
         time.sleep(0.005)
-    pytest.fail(f"step {step} not reached in {timeout} s")
+    pytest.fail(f"no new step in {stall} s (last step {last}), step {step} not reached: {tail(log)}")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ def test_sigkill_at_a_random_step_loses_at_most_one_interval(tiny_model_dir, key
 
     before = len(logged_steps(out))
     relaunched = start([*args, "resume=auto"], log)
-    assert relaunched.wait(timeout=300) == 0, tail(log)
+    assert relaunched.wait(timeout=1200) == 0, tail(log)  # a hang bound, not a speed requirement
     assert logged_steps(out)[before] == saved + 1  # continued from the checkpoint, not from step 1
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished" and results["steps"] == STEPS
@@ -108,11 +112,11 @@ def test_sigterm_saves_exits_zero_and_resumes(tiny_model_dir, keyword_data, tmp_
     process = start(args, log)
     wait_for_step(process, out, 17, log)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0  # a clean stop, not a crash
+    assert process.wait(timeout=600) == 0  # a clean stop, not a crash (one step and a checkpoint: a hang bound)
     stopped = logged_steps(out)[-1]
     assert int(checkpoint.list_checkpoints(out)[-1].name.split("-")[1]) == stopped  # nothing lost
     before = len(logged_steps(out))
     relaunched = start([*args, "resume=auto"], log)
-    assert relaunched.wait(timeout=300) == 0, tail(log)
+    assert relaunched.wait(timeout=1200) == 0, tail(log)  # a hang bound, not a speed requirement
     assert logged_steps(out)[before] == stopped + 1
     assert_same_adapter(out, straight_adapter)

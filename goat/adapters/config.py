@@ -10,6 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from goat.domains import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, SEED, domain_errors, ranged
+
 SCALING_RULES = ("reference", "theory", "lora", "rs")
 SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
 BALANCE_CONVENTIONS = ("reference", "paper")
@@ -29,32 +31,32 @@ class AdapterConfig:
 
     method: str = "goat"
     # LoRA family (names as in PEFT).
-    r: int = 8  # total rank over all experts (paper: ViT/NLG 8, GLUE/CR 32)
-    lora_alpha: float = 16.0  # paper: alpha = 2r
-    lora_dropout: float = 0.05
+    r: int = ranged(8, POSITIVE_INT)  # total rank over all experts (paper: ViT/NLG 8, GLUE/CR 32)
+    lora_alpha: float = ranged(16.0, POSITIVE)  # paper: alpha = 2r
+    lora_dropout: float = ranged(0.05, PROBABILITY)
     # None: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
     # names, or plain suffixes ("q_proj" matches "model.layers.0.self_attn.q_proj").
     target_modules: list[str] | None = None
     # Modules trained fully and saved with the adapter (the task head). None: detected by name.
     modules_to_save: list[str] | None = None
     # MoE (GOAT, MoLoRA, AdaMoLE, HydraLoRA, full-FT MoE).
-    num_experts: int = 8
-    top_k: int = 2
-    balance_coef: float = 1e-3  # lambda, summed over layers (spec §4)
+    num_experts: int = ranged(8, POSITIVE_INT)
+    top_k: int = ranged(2, POSITIVE_INT)
+    balance_coef: float = ranged(1e-3, NON_NEGATIVE)  # lambda, summed over layers (spec §4)
     balance_convention: str = "reference"  # reference = top_k x the paper's Eq. 26-28
     dropout_mode: str = "per_expert"  # independent dropout mask per (token, selected expert)
     # GOAT initialisation (spec §2) and scaling (spec §3).
     scaling: str = "reference"
-    eta: float = 1.0  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)
-    rho: float = 10.0  # shrink of the SVD factors
-    init_coef: float | None = None  # residual coefficient; None means 1 / num_experts
+    eta: float = ranged(1.0, POSITIVE)  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)
+    rho: float = ranged(10.0, POSITIVE)  # shrink of the SVD factors
+    init_coef: float | None = ranged(None, NON_NEGATIVE)  # residual coefficient; None means 1 / num_experts
     segments: str = "ours"  # ours | principal | minor | random (Table 5 ablations)
     # Number of evenly spaced SVD segments the total rank r is cut into (width r / segment_count); None =
     # num_experts. Table 5's "single LoRA + O": num_experts=1 top_k=1 segment_count=8 scaling=lora.
-    segment_count: int | None = None
+    segment_count: int | None = ranged(None, POSITIVE_INT)
     per_expert_scaling: bool = False  # GOAT-s (Table 8): s_i = s_1 * sqrt(sigma_1 / sigma_i)
     svd_shrink: bool = False  # PiSSA/MiLoRA: also divide by rho and keep init_coef (the reference's variant)
-    seed: int = 0  # random segments, router and expert init
+    seed: int = ranged(0, SEED)  # random segments, router and expert init
     # SVD cache: a directory, or None to disable.
     svd_cache_dir: str | None = "~/.cache/goat/svd"
     model_id: str | None = None  # identity used in the SVD cache key (defaults to config._name_or_path)
@@ -106,12 +108,9 @@ def validate_choices(cfg: AdapterConfig) -> None:
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
-    if cfg.r < 1:
-        raise ValueError(f"adapter.r must be >= 1, got {cfg.r}")
-    if not 0.0 <= cfg.lora_dropout < 1.0:
-        raise ValueError(f"adapter.lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
-    if cfg.rho <= 0:
-        raise ValueError(f"adapter.rho must be > 0, got {cfg.rho}")
+    errors = domain_errors(lambda name: getattr(cfg, name), AdapterConfig, "method")
+    if errors:
+        raise ValueError(errors[0])
 
 
 def validate_moe(cfg: AdapterConfig) -> None:

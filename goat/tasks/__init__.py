@@ -23,7 +23,15 @@ def load_task(task_cfg, seed: int) -> TextTask:
     if task_cfg.loader not in LOADERS:
         raise ValueError(f"task.loader={task_cfg.loader!r} is unknown; valid loaders: {', '.join(sorted(LOADERS))}")
     module, function = LOADERS[task_cfg.loader].split(":")
-    return getattr(import_module(module), function)(task_cfg, seed)
+    task = getattr(import_module(module), function)(task_cfg, seed)
+    if task.train_size == 0:  # before the run folder exists: a loop over no batch would never step
+        where = f"task.data_dir={task_cfg.data_dir}" if task_cfg.data_dir else f"task={task_cfg.name}"
+        raise DataUnavailableError(
+            f"the training set of {task_cfg.name} is empty ({where}"
+            + (f", task.train_file={task_cfg.train_file}" if task_cfg.train_file else "")
+            + "): give it training rows"
+        )
+    return task
 
 
 __all__ = ["LOADERS", "DataUnavailableError", "TextTask", "load_task"]

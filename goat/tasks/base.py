@@ -41,6 +41,10 @@ class TextTask:
     label_names: list[str] | None = None
     majority_baseline: float | None = None
 
+    @property
+    def train_size(self) -> int:
+        return len(self.splits["train"])
+
 
 def classification_metrics(predictions, labels) -> dict[str, float]:
     """Accuracy; for two classes also F1 of class 1 and Matthews correlation."""
@@ -125,3 +129,7 @@ class InstructionTask:
     max_new_tokens: int = 32
     decoding: dict = field(default_factory=dict)  # generate() kwargs; empty = greedy
     samples: int = 1  # completions per prompt (n of pass@k; > 1 needs sampling)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)

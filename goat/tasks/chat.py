@@ -34,6 +34,10 @@ class ChatTask:
     decoding: dict = field(default_factory=dict)
     main_metric: str = "mt_bench/answered"
 
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
 
 def load_chat(cfg, seed: int) -> ChatTask:
     rows = training_records(cfg)

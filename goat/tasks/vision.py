@@ -40,6 +40,10 @@ class ImageTask:
     main_metric: str = "accuracy"
     label_names: list | None = None
 
+    @property
+    def train_size(self) -> int:
+        return len(self.splits["train"])
+
     def compute_metrics(self, predictions, labels) -> dict[str, float]:
         from goat.metrics import accuracy
 
