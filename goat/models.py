@@ -166,8 +166,15 @@ class _clear_errors:
                 f"model {self.name!r} has no .safetensors weights: convert them, or pass "
                 "model.safetensors_only=false to read pytorch_model.bin (with torch.load(weights_only=True))"
             ) from None
-        if Path(self.path).is_dir():
-            return False  # a local directory with a real problem: keep transformers' own message
+        if Path(self.path).is_dir():  # a local folder: what is wrong with it, in one line
+            folder = Path(self.path)
+            if not (folder / "config.json").is_file():
+                raise ModelUnavailableError(
+                    f"model.name_or_path={self.name}: {folder} holds no config.json; a model folder holds the "
+                    "checkpoint's config.json, its tokenizer and (unless model.from_config=true) its weights"
+                ) from None
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ModelUnavailableError(f"model.name_or_path={self.name}: {folder} cannot be loaded: {first}") from None
         raise ModelUnavailableError(
             f"model {self.name!r} is neither a local directory nor reachable on the Hugging Face hub (no network?): "
             f"download it where there is network and pass model.name_or_path=/path/to/it, or run the offline "

@@ -219,18 +219,49 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint_is_one_line(capsys, tiny_
     assert not out.exists()
 
 
-def test_an_empty_instruction_training_set_fails_before_the_run_folder(capsys, tiny_model_dir, tmp_path):
+TEST_RECORD = {"instruction": "Is it? true or false", "input": "", "output": "true", "answer": "true"}
+TRAIN_RECORD = {"instruction": "Is it? true or false", "input": "", "output": "the correct answer is true"}
+INSTRUCTION_CASES = {  # (training file text, test file text, what the line must say)
+    "empty training set": ("[]", None, r"the training set of commonsense/boolq is empty .*commonsense_170k.json"),
+    "bad JSON list": ('[{"instruction": "a",', None, r"commonsense_170k.json:1: not valid JSON"),
+    "bad JSONL line": (json.dumps(TRAIN_RECORD) + '\n{"x": \n', None, r"commonsense_170k.json:2: not valid JSON"),
+    "record not an object": ("[1]", None, r"commonsense_170k.json: record 1 is a JSON int, not an object"),
+    "missing field": (json.dumps([TRAIN_RECORD, {"instruction": "a"}]), None, r"record 2 lacks the field output"),
+    "test set lacks answers": (
+        json.dumps([TRAIN_RECORD]),
+        json.dumps([{"instruction": "q"}]),
+        r"boolq/test.json \(task.data_dir\): record 1 lacks the field answer \(it has instruction\)",
+    ),
+    "not UTF-8": (b"\xff\xfe\x00[", None, r"commonsense_170k.json is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", list(INSTRUCTION_CASES))
+def test_instruction_data_mistakes_are_one_line_naming_the_file(case, guarded, capsys, tiny_model_dir, tmp_path):
+    """Commonsense files in the LLM-Adapters layout, broken one way each; nothing written, no weights loaded."""
+    guarded(data=False)
+    train_text, test_text, pattern = INSTRUCTION_CASES[case]
     data = tmp_path / "data"
     (data / "boolq").mkdir(parents=True)
-    (data / "commonsense_170k.json").write_text("[]")
-    record = {"instruction": "Is it? true or false", "input": "", "output": "true", "answer": "true"}
-    (data / "boolq" / "test.json").write_text(json.dumps([record]))
+    train_file = data / "commonsense_170k.json"
+    train_file.write_bytes(train_text) if isinstance(train_text, bytes) else train_file.write_text(train_text)
+    (data / "boolq" / "test.json").write_text(test_text or json.dumps([TEST_RECORD]))
     out = tmp_path / "run"
     overrides = [o for o in tiny_run_overrides(tiny_model_dir, data, out) if not o.startswith("task=")]
     causal = ["model.kind=causal_lm", "model.dtype=float32", "method.target_modules=[query,value]"]
     line = bad_run(capsys, ["task=commonsense/boolq", *overrides, *causal])
-    assert "the training set of commonsense/boolq is empty" in line and "commonsense_170k.json" in line, line
+    assert re.search(pattern, line), line
     assert not out.exists()
+
+
+def test_a_model_folder_without_config_is_one_line(capsys, keyword_data, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    line = bad_run(capsys, tiny_run_overrides(folder, keyword_data, tmp_path / "run"))
+    assert f"{folder} holds no config.json" in line
+    (folder / "config.json").write_text("{")
+    assert "cannot be loaded" in bad_run(capsys, tiny_run_overrides(folder, keyword_data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unexpected_error_is_one_line_and_a_log_file(monkeypatch, capsys, tmp_path):

@@ -61,9 +61,9 @@ def majority_baseline(train_labels, validation_labels) -> float:
     return metrics.accuracy(np.full(len(validation_labels), majority), validation_labels)
 
 
-class DataUnavailableError(RuntimeError):
-    """A dataset could not be loaded (no network, no local files). The message is one sentence that names
-    the override which points the task at local files."""
+class DataUnavailableError(RuntimeError, ValueError):
+    """The task's data cannot be used as given: missing, unreachable, malformed or empty. The message is one line
+    that names the file (with its line or record) and the setting pointing at it; goat-train prints it, exit 2."""
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

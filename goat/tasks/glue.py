@@ -186,7 +186,7 @@ def _task_key(cfg) -> str:
         key = candidate.lower().replace("-", "")  # SST-2, STS-B as the release spells them
         if key in GLUE_TASKS:
             return key
-    raise ValueError(
+    raise DataUnavailableError(
         f"task {cfg.name!r} (subset {cfg.subset!r}) is not one of the paper's 8 GLUE tasks; set task.subset to one "
         f"of: {', '.join(GLUE_TASKS)}"
     )
@@ -196,7 +196,7 @@ def _sample_limit(cfg, split: str) -> int | None:
     name = "max_train_samples" if split == "train" else "max_eval_samples"
     limit = getattr(cfg, name)
     if limit is not None and limit < 1:
-        raise ValueError(f"task.{name}={limit} keeps no rows; give a positive number, or null for every row")
+        raise DataUnavailableError(f"task.{name}={limit} keeps no rows; give a positive number, or null for every row")
     return limit
 
 
@@ -249,7 +249,9 @@ def _read_hub(cfg, key: str, spec: GlueSpec) -> dict[str, RawSplit]:
     raw = {}
     for split in ["train", *spec.eval_splits]:
         if split not in hub:
-            raise ValueError(f"{path} ({subset}) has no split {split!r}, only {', '.join(hub)}; use {HUB_PATH}")
+            raise DataUnavailableError(
+                f"{path} ({subset}) has no split {split!r}, only {', '.join(hub)}; use {HUB_PATH}"
+            )
         columns = hub[split].select_columns([*spec.text_fields, "label"]).to_dict()
         raw[split] = (list(zip(*(columns[name] for name in spec.text_fields), strict=True)), columns["label"])
     return raw
@@ -307,7 +309,7 @@ def _read_tsv(path: Path, spec: GlueSpec) -> Iterator[tuple[tuple[str, ...], int
         rows = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
         first = next(rows, None)
         if first is None:
-            raise ValueError(f"{path} is empty; a GLUE {spec.folder} file has one example per line")
+            raise DataUnavailableError(f"{path} is empty; a GLUE {spec.folder} file has one example per line")
         text_columns, label_column, first_is_data = _columns(first, path, spec)
         if first_is_data:
             rows = _prepend(first, rows)
@@ -340,7 +342,9 @@ def _columns(first: list[str], path: Path, spec: GlueSpec) -> tuple[tuple[int, .
         f"{name}/{spec.release_columns[name]}" if name in spec.release_columns else name
         for name in (*spec.text_fields, "label")
     ]
-    raise ValueError(f"{path}: the header {header} lacks the columns {', '.join(wanted)}; is it GLUE {spec.folder}?")
+    raise DataUnavailableError(
+        f"{path}: the header {header} lacks the columns {', '.join(wanted)}; is it GLUE {spec.folder}?"
+    )
 
 
 def _find_column(header: list[str], field_name: str, spec: GlueSpec) -> int | None:
@@ -356,12 +360,14 @@ def _parse_label(value: str, spec: GlueSpec, path: Path, line: int) -> int | flo
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{path}, line {line}: the {spec.folder} score {value!r} is not a number") from None
+            raise DataUnavailableError(
+                f"{path}, line {line}: the {spec.folder} score {value!r} is not a number"
+            ) from None
     if value in spec.label_names:
         return spec.label_names.index(value)
     if value.isdigit() and int(value) < len(spec.label_names):
         return int(value)
-    raise ValueError(
+    raise DataUnavailableError(
         f"{path}, line {line}: label {value!r} is neither a {spec.folder} label name ({', '.join(spec.label_names)}) "
         f"nor a class id 0..{len(spec.label_names) - 1}"
     )

@@ -21,15 +21,20 @@ from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, tr
 TEST_FILES = ("gsm8k_official/test.jsonl", "gsm8k/test.jsonl", "test.jsonl")
 
 
-def _training_pairs(rows: list[dict]) -> list[dict]:
+def _training_pairs(rows: list[dict], source: str) -> list[dict]:
     """MetaMathQA rows (GSM types only) or GSM8K rows -> {"prompt", "response"}."""
     pairs = []
     for row in rows:
-        if "query" in row:
+        if {"query", "response"} <= set(row):
             if "GSM" in row.get("type", "GSM"):
                 pairs.append({"prompt": alpaca_prompt(row["query"]), "response": " " + row["response"]})
-        else:
+        elif {"question", "answer"} <= set(row):
             pairs.append({"prompt": alpaca_prompt(row["question"]), "response": " " + row["answer"]})
+        else:
+            raise DataUnavailableError(
+                f"a math training record ({source}) has neither query/response (MetaMathQA) nor question/answer "
+                f"(GSM8K); it has {', '.join(sorted(row)) or 'no field'}"
+            )
     return pairs
 
 
@@ -39,12 +44,13 @@ def _test_rows(cfg) -> list[dict]:
     root = Path(cfg.data_dir).expanduser()
     for name in TEST_FILES:
         if (root / name).exists():
-            return read_records(root / name)
+            return read_records(root / name, ("question", "answer"))
     raise DataUnavailableError(f"{root} holds none of {', '.join(TEST_FILES)} (GSM8K test, rows {{question, answer}})")
 
 
 def load_math(cfg, seed: int) -> InstructionTask:
-    train = _training_pairs(seeded_subset(training_records(cfg), cfg.max_train_samples, seed))
+    source = f"task.dataset={cfg.dataset}" if cfg.dataset else f"{cfg.data_dir}/{cfg.train_file}, task.train_file"
+    train = _training_pairs(seeded_subset(training_records(cfg), cfg.max_train_samples, seed), source)
     tests = seeded_subset(_test_rows(cfg), cfg.max_eval_samples, EVAL_SUBSET_SEED)
     eval_set = [{"prompt": alpaca_prompt(row["question"]), "answer": gsm8k_gold(row["answer"])} for row in tests]
     return InstructionTask(

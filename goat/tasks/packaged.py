@@ -83,7 +83,7 @@ DATASETS = {
 def _dataset_spec(name: str) -> PackagedDataset:
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
-        raise ValueError(f"task.dataset={name!r} is not a packaged dataset; choose one of {known}")
+        raise DataUnavailableError(f"task.dataset={name!r} is not a packaged dataset; choose one of {known}")
     return DATASETS[name]
 
 

@@ -23,33 +23,80 @@ def seeded_subset(rows: list, size: int | None, seed: int) -> list:
     return [rows[i] for i in keep]
 
 
-def read_records(path: Path) -> list[dict]:
-    """A JSON list or a JSONL file of records."""
+def read_records(path: Path, fields: tuple[str, ...] = (), setting: str = "task.data_dir") -> list[dict]:
+    """A JSON list or a JSONL file of records, each holding `fields`. Anything else is one DataUnavailableError that
+    names the file, the line or record, and the setting that points at the file."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataUnavailableError(f"{path} does not exist: point task.data_dir (and task.train_file) at your files")
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = _parse_records(path, setting)
+    check_fields(rows, fields, f"{path} ({setting})")
+    return rows
 
 
-def training_records(cfg, default_file: str | None = None) -> list[dict]:
-    """The training rows: the hub dataset task.dataset (split train) when set, else data_dir/train_file."""
+def _parse_records(path: Path, setting: str) -> list[dict]:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataUnavailableError(f"{path} is not UTF-8 text ({setting} points at it): give JSON or JSONL") from None
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        line = error.lineno if text.lstrip().startswith("[") else _bad_line(text)
+        raise DataUnavailableError(f"{path}:{line}: not valid JSON ({error.msg}; {setting} points at it)") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataUnavailableError(
+                f"{path}: record {number} is a JSON {type(row).__name__}, not an object ({setting} points at it); "
+                "give a JSON list of objects or one object per line"
+            )
+    return rows
+
+
+def _bad_line(text: str) -> int:
+    """The number of the first line of a JSONL text that does not parse."""
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError:
+            return number
+    return 0
+
+
+def check_fields(rows: list[dict], fields: tuple[str, ...], source: str) -> None:
+    """Every record holds `fields`; the first that does not is named with what it has."""
+    for number, row in enumerate(rows, 1):
+        missing = [name for name in fields if name not in row]
+        if missing:
+            raise DataUnavailableError(
+                f"{source}: record {number} lacks the field{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(it has {', '.join(sorted(row)) or 'none'})"
+            )
+
+
+def training_records(cfg, default_file: str | None = None, fields: tuple[str, ...] = ()) -> list[dict]:
+    """The training rows (each holding `fields`): the hub dataset task.dataset (split train) when set, else
+    data_dir/train_file."""
     if cfg.dataset:
         import datasets
 
         try:
             with hub_offline_unless_reachable():
-                return list(datasets.load_dataset(cfg.dataset, split="train"))
+                rows = list(datasets.load_dataset(cfg.dataset, split="train"))
         except OSError:
             raise DataUnavailableError(
                 f"{cfg.dataset} could not be loaded from the Hugging Face hub (no network?): train on local files "
                 "with task.dataset='' task.data_dir=DIR task.train_file=FILE"
             ) from None
+        check_fields(rows, fields, f"task.dataset={cfg.dataset}")
+        return rows
     train_file = cfg.train_file or default_file
     if not cfg.data_dir or not train_file:
         raise DataUnavailableError(
             f"task {cfg.name} needs a hub task.dataset, or task.data_dir=DIR with task.train_file=FILE"
         )
-    return read_records(Path(cfg.data_dir).expanduser() / train_file)
+    return read_records(Path(cfg.data_dir).expanduser() / train_file, fields, "task.data_dir and task.train_file")
