@@ -64,7 +64,11 @@ def train_step(model, ids, mask, seed=7):
     return out.loss.detach(), balance.detach(), grads
 
 
-@pytest.mark.parametrize("method", ROUTED)
+# MoLoRA runs GOAT's code path (the top-k gate, per-slot dropout): in the slow run only
+EQUAL_CASES = ["goat", "hydralora", "adamole", pytest.param("molora", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("method", EQUAL_CASES)
 def test_compiled_blocks_equal_eager_loss_balance_loss_and_gradients(method):
     """fullgraph compile of every block (aot_eager: the traced forward and backward graphs, eager kernels and
     eager RNG, so the dropout masks are the same draws); padding in the batch exercises the token mask."""
@@ -170,25 +174,24 @@ def test_compiled_training_step_has_no_host_sync(method):
 
 def test_compiled_run_resumes_exactly_and_logs_its_compilation(tiny_model_dir, keyword_data, tmp_path):
     """trainer.compile with gradient accumulation (16 = 2 x 8), checkpoints every 4 steps, SIGTERM at step 6:
-    the resumed run ends with the adapter of the uninterrupted one, which equals the eager run's."""
+    the resumed run ends with the adapter of the uninterrupted one (bit for bit). Compiled = eager is the test
+    above; here the two runs agree to rounding."""
     import json
 
     from test_checkpoint import final_adapter, run, stop_at
 
     compiled = ["trainer.compile=default", "trainer.compile_backend=aot_eager", "trainer.pad_to_multiple_of=8"]
-    eager_out, straight, resumed = tmp_path / "eager", tmp_path / "straight", tmp_path / "resumed"
-    run(tiny_model_dir, keyword_data, eager_out, "trainer.pad_to_multiple_of=8")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     torch._dynamo.reset()
     assert run(tiny_model_dir, keyword_data, straight, *compiled)["status"] == "finished"
     torch._dynamo.reset()
     assert run(tiny_model_dir, keyword_data, resumed, *compiled, callbacks=[stop_at(6)])["status"] == "interrupted"
     torch._dynamo.reset()
     assert run(tiny_model_dir, keyword_data, resumed, *compiled, "resume=auto")["steps"] == 12
-    want, got, eager = final_adapter(straight), final_adapter(resumed), final_adapter(eager_out)
-    assert want.keys() == got.keys() == eager.keys()
+    want, got = final_adapter(straight), final_adapter(resumed)
+    assert want.keys() == got.keys() and len(want) > 0
     for key in want:
         assert torch.equal(want[key], got[key]), key
-        torch.testing.assert_close(want[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
     lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     first = next(line for line in lines if "compile/first_step_s" in line)
     assert first["compile/first_step_s"] > 0 and first["compile/graphs"] >= 1 and first["compile/graph_breaks"] == 0

@@ -88,6 +88,7 @@ def test_two_processes_train_exactly_what_one_process_trains(method, tiny_model_
         assert shares == [6, 7], log.stderr[-2000:]
 
 
+@pytest.mark.slow  # a minute on 2 cores: make test-slow
 def test_compiled_blocks_under_ddp_train_what_one_compiled_process_trains(tiny_model_dir, keyword_data, tmp_path):
     """trainer.compile (aot_eager on the CPU: the traced graphs with eager kernels) under DDP's gradient hooks."""
     compiled = ["trainer.compile=default", "trainer.compile_backend=aot_eager", "trainer.pad_to_multiple_of=8"]

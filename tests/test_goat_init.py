@@ -139,7 +139,7 @@ def test_segment_count_none_is_one_segment_per_expert(overrides):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"segment_count": 0}, "segment_count must be >= 1"),
+        ({"segment_count": 0}, "segment_count=0 must be an integer >= 1"),
         ({"segment_count": 3}, r"not divisible by segment_count=3.*segment_count in \[1, 2, 4, 8\]"),
         ({"segment_count": 8, "per_expert_scaling": True}, "per_expert_scaling .*ambiguous"),
     ],

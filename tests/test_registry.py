@@ -41,7 +41,7 @@ def test_paper_defaults():
         ({"r": 12}, "r=12 is not divisible by num_experts=8"),
         ({"scaling": "big"}, "adapter.scaling must be one of"),
         ({"segments": "middle"}, "adapter.segments must be one of"),
-        ({"lora_dropout": 1.5}, "lora_dropout must be in"),
+        ({"lora_dropout": 1.5}, r"method.lora_dropout=1.5 must be a probability in \[0, 1\)"),
     ],
 )
 def test_invalid_configs_fail_with_one_clear_message(changes, message):
