@@ -323,7 +323,13 @@ def test_unknown_label_names_file_and_line(tmp_path):
         tmp_path / "train.tsv", [["sentence1", "sentence2", "label"], ["a", "b", "entailment"], ["c", "d", "maybe"]]
     )
     write_tsv(tmp_path / "dev.tsv", [["sentence1", "sentence2", "label"], ["a", "b", "1"]])
-    with pytest.raises(ValueError, match=r"train.tsv, line 3: label 'maybe'"):
+    with pytest.raises(DataUnavailableError, match=rf"train.tsv, line 3: label 'maybe'.*\(task.data_dir={tmp_path}\)$"):
+        load_glue(glue_config("rte", tmp_path), 0)
+    write_tsv(tmp_path / "train.tsv", [["premise", "hypothesis", "label"], ["a", "b", "1"]])  # MNLI's columns
+    with pytest.raises(DataUnavailableError, match=r"train.tsv: the header .* lacks the columns .*task.data_dir="):
+        load_glue(glue_config("rte", tmp_path), 0)
+    (tmp_path / "train.tsv").write_bytes(b"sentence1\tsentence2\tlabel\n\xff\xfe\t\xff\t1\n")
+    with pytest.raises(DataUnavailableError, match=r"train.tsv is not UTF-8 text"):
         load_glue(glue_config("rte", tmp_path), 0)
 
 

@@ -1,6 +1,7 @@
 """CLIP ViT image classification: the reference's transforms and head, and a run on a tiny CLIP vision tower."""
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -153,3 +154,27 @@ def test_vit_run_with_the_zero_shot_head(image_folder, tiny_full_clip, tmp_path)
     results, losses = vit_run(image_folder, tiny_full_clip, out, "model.image_head=zero_shot", "trainer.epochs=3")
     assert losses[-1] < 0.7 * losses[0], losses  # the adapters learn to map images onto the frozen class texts
     assert results["final"]["test/accuracy"] >= 80 and (out / "final" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        ({"train/class0": 2}, r"has no test split; it must hold train/<class>/\*.jpg and test/<class>/\*.jpg"),
+        ({"train": 2, "test": 2}, r"has no class labels \(no class subfolders\)"),
+    ],
+    ids=["no test split", "no class folders"],
+)
+def test_a_broken_image_folder_is_one_line_before_the_run_folder(layout, message, tiny_clip, tmp_path, capsys):
+    from goat.cli import train_main
+
+    root = tmp_path / "images"
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / folder / f"{i}.png")
+    out = tmp_path / "run"
+    overrides = ["task=vit/eurosat", f"task.data_dir={root}", f"model.name_or_path={tiny_clip}", "trainer=cpu"]
+    assert train_main([*overrides, "model.from_config=true", "logger=none", f"output_dir={out}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("goat-train:")]  # no progress bars
+    assert len(err) == 1 and re.search(message, err[0]) and f"{root} (task.data_dir)" in err[0], err
+    assert not out.exists()

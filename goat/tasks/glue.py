@@ -276,9 +276,14 @@ def _read_local(data_dir: str, key: str, spec: GlueSpec) -> dict[str, RawSplit]:
     for split in ["train", *spec.eval_splits]:
         sentences, labels = [], []
         for path in _split_paths(folder, key, spec, split):
-            for parts, label in _read_tsv(path, spec):
-                sentences.append(parts)
-                labels.append(label)
+            try:
+                for parts, label in _read_tsv(path, spec):
+                    sentences.append(parts)
+                    labels.append(label)
+            except DataUnavailableError as error:  # the file is named; add the setting that points at it
+                raise DataUnavailableError(f"{error} (task.data_dir={data_dir})") from None
+            except UnicodeDecodeError:
+                raise DataUnavailableError(f"{path} is not UTF-8 text (task.data_dir={data_dir})") from None
         raw[split] = (sentences, labels)
     return raw
 

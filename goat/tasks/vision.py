@@ -178,6 +178,9 @@ def held_out_split(rows: list, seed: int = HELD_OUT_SEED) -> tuple[list, list]:
     return [rows[i] for i in keep], [rows[i] for i in out]
 
 
+LAYOUT = "train/<class>/*.jpg and test/<class>/*.jpg"
+
+
 def load_vision(cfg, seed: int) -> ImageTask:
     """task.dataset (hub) with train/test splits, or task.data_dir with an imagefolder layout (train/, test/)."""
     import datasets
@@ -189,10 +192,22 @@ def load_vision(cfg, seed: int) -> ImageTask:
             else:
                 data = datasets.load_dataset(cfg.dataset)
     except (OSError, ValueError) as error:
+        if cfg.data_dir:
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise DataUnavailableError(
+                f"{cfg.data_dir} (task.data_dir) could not be read as an image folder ({type(error).__name__}: "
+                f"{first}); it must hold {LAYOUT}"
+            ) from None
         raise DataUnavailableError(
-            f"{cfg.dataset or cfg.data_dir} could not be loaded ({type(error).__name__}; no network?): point the task "
-            "at local images with task.data_dir=DIR holding train/<class>/*.jpg and test/<class>/*.jpg"
+            f"{cfg.dataset} could not be loaded ({type(error).__name__}; no network?): point the task "
+            f"at local images with task.data_dir=DIR holding {LAYOUT}"
         ) from None
+    source = f"{cfg.data_dir} (task.data_dir)" if cfg.data_dir else f"task.dataset={cfg.dataset}"
+    missing = [split for split in ("train", "test") if split not in data]
+    unlabelled = "label" not in data["train"].column_names or None in data["train"]["label"]
+    if missing or unlabelled:
+        what = f"no {' or '.join(missing)} split" if missing else "no class labels (no class subfolders)"
+        raise DataUnavailableError(f"{source} has {what}; it must hold {LAYOUT}")
     if "validation" in data:  # a predefined validation split (EuroSAT's) is used as it is
         train_rows, validation_rows = list(data["train"]), list(data["validation"])
     else:
