@@ -59,7 +59,7 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} every sequence length is a new graph: set "
             "trainer.pad_to_multiple_of=64 (or another bucket width)"
         )
-    if cfg.task.num_samples < 1 or (cfg.task.num_samples > 1 and cfg.task.decoding != "sample"):
+    if cfg.task.num_samples > 1 and cfg.task.decoding != "sample":  # its domain (>= 1) is checked above
         raise ConfigError(
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
             "(identical greedy samples would overstate pass@k)"

@@ -100,6 +100,7 @@ def _one_line(error: Exception) -> str:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from goat.tasks.base import first_line
 
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
@@ -114,16 +115,11 @@ def train_main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line and a log, never a bare traceback
         log = _write_traceback("goat-train")
         print(
-            f"goat-train: unexpected error: {type(error).__name__}: {_first_line(error)} (the traceback is in {log}; "
+            f"goat-train: unexpected error: {type(error).__name__}: {first_line(error)} (the traceback is in {log}; "
             "--debug prints it here)",
             file=sys.stderr,
         )
         return 1
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "(no message)"
 
 
 def _write_traceback(program: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from goat.tasks.base import hub_offline_unless_reachable
+from goat.tasks.base import first_line, hub_offline_unless_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +173,9 @@ class _clear_errors:
                     f"model.name_or_path={self.name}: {folder} holds no config.json; a model folder holds the "
                     "checkpoint's config.json, its tokenizer and (unless model.from_config=true) its weights"
                 ) from None
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ModelUnavailableError(f"model.name_or_path={self.name}: {folder} cannot be loaded: {first}") from None
+            raise ModelUnavailableError(
+                f"model.name_or_path={self.name}: {folder} cannot be loaded: {first_line(error)}"
+            ) from None
         raise ModelUnavailableError(
             f"model {self.name!r} is neither a local directory nor reachable on the Hugging Face hub (no network?): "
             f"download it where there is network and pass model.name_or_path=/path/to/it, or run the offline "

@@ -114,9 +114,8 @@ def validate_choices(cfg: AdapterConfig) -> None:
 
 
 def validate_moe(cfg: AdapterConfig) -> None:
-    """MoE constraints (spec §0): d = r / E must be a whole number >= 1, and top_k <= E."""
-    if cfg.num_experts < 1:
-        raise ValueError(f"adapter.num_experts must be >= 1, got {cfg.num_experts}")
+    """MoE constraints (spec §0), after validate_choices has checked each field's domain: d = r / E must be a
+    whole number >= 1, and top_k <= E."""
     if not 1 <= cfg.top_k <= cfg.num_experts:
         raise ValueError(
             f"adapter.top_k must be between 1 and num_experts={cfg.num_experts}, got {cfg.top_k}; "
@@ -135,8 +134,6 @@ def validate_segment_count(cfg: AdapterConfig) -> None:
     count = cfg.segment_count
     if count is None:
         return
-    if count < 1:
-        raise ValueError(f"adapter.segment_count must be >= 1 or null (= num_experts), got {count}")
     if cfg.r % count != 0:
         divisors = [c for c in range(1, cfg.r + 1) if cfg.r % c == 0]
         raise ValueError(

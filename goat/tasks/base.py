@@ -66,6 +66,12 @@ class DataUnavailableError(RuntimeError, ValueError):
     that names the file (with its line or record) and the setting pointing at it; goat-train prints it, exit 2."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors that quote a library's own words."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within `timeout` s (False in HF offline mode)."""
     import os

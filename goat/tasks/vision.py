@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
+from goat.tasks.base import DataUnavailableError, first_line, hub_offline_unless_reachable
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -193,10 +193,9 @@ def load_vision(cfg, seed: int) -> ImageTask:
                 data = datasets.load_dataset(cfg.dataset)
     except (OSError, ValueError) as error:
         if cfg.data_dir:
-            first = (str(error).strip().splitlines() or [""])[0]
             raise DataUnavailableError(
                 f"{cfg.data_dir} (task.data_dir) could not be read as an image folder ({type(error).__name__}: "
-                f"{first}); it must hold {LAYOUT}"
+                f"{first_line(error)}); it must hold {LAYOUT}"
             ) from None
         raise DataUnavailableError(
             f"{cfg.dataset} could not be loaded ({type(error).__name__}; no network?): point the task "
