@@ -41,8 +41,9 @@ class FullMoELinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)  # (T, n)
-        gates, _, index = self.routing(x2d.to(self.routing.lora_router.weight.dtype), leading)
-        tokens, k = index.shape
+        gates, _, rank = self.routing(x2d.to(self.routing.lora_router.weight.dtype), leading)
+        tokens, k = x2d.shape[0], self.routing.gate.top_k
+        index = rank.argsort(dim=-1)[:, :k]  # (T, k): the expert of rank j in slot j, topk's order
         flat_expert = index.reshape(-1)  # (T*k,)
         order = flat_expert.argsort(stable=True)
         token_of = order // k  # which token each sorted slot belongs to

@@ -45,18 +45,32 @@ class Gate(nn.Module):
 
 
 class TopKGate(Gate):
-    """Top-k of the softmax, renormalised over the selected experts (paper Eq. 10)."""
+    """Top-k of the softmax, renormalised over the selected experts (paper Eq. 10).
+
+    The selection is written as each expert's rank in its token's row (the number of experts ahead of it: larger
+    probability, or equal probability and lower index, torch.topk's order) rather than topk + scatter: a few
+    pointwise ops and row sums the compiler fuses, with topk's values and gradients.
+    """
 
     def __init__(self, top_k: int):
         super().__init__()
         self.top_k = top_k
 
     def forward(self, probs, x):
-        values, index = probs.topk(self.top_k, dim=-1)  # (T, k)
-        weights = values / values.sum(dim=-1, keepdim=True)
-        gates = torch.zeros_like(probs).scatter(1, index, weights)  # (T, E)
-        dispatch = torch.zeros_like(probs).scatter(1, index, 1.0)
-        return gates, dispatch, probs, index
+        rank = expert_rank(probs)  # (T, E)
+        selected = rank < self.top_k
+        values = torch.where(selected, probs, 0.0)
+        gates = values / values.sum(dim=-1, keepdim=True)
+        return gates, selected.to(probs.dtype), probs, rank
+
+
+def expert_rank(probs: torch.Tensor) -> torch.Tensor:
+    """(T, E) -> (T, E) int64: how many experts of the token come before each one in descending order (ties: the
+    lower index first); the top-k experts are those of rank < k, slot j of top-k holds the expert of rank j."""
+    experts = torch.arange(probs.shape[-1], device=probs.device)
+    mine, other = probs[..., :, None], probs[..., None, :]  # (T, E, 1), (T, 1, E)
+    ahead = (other > mine) | ((other == mine) & (experts[None, :] < experts[:, None]))
+    return ahead.sum(dim=-1)
 
 
 class ThresholdGate(Gate):
@@ -112,20 +126,20 @@ class MoERouting(nn.Module):
         self.last_expert_load: torch.Tensor | None = None
 
     def forward(self, x2d: torch.Tensor, leading_shape: torch.Size):
-        """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), top-k index (T, k) or None.
+        """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), each expert's rank (T, E) for top-k gates or None.
 
         The balance loss and the expert load are recorded only where gradients are computed: under no_grad
         (evaluation, decoding) the layer keeps no tensor of its own, so a CUDA-graph replay of the decoding
         step never finds an earlier replay's output still referenced.
         """
         probs = at_least_fp32(self.lora_router(x2d)).softmax(dim=-1)  # (T, E), fp32 as in the reference
-        gates, dispatch, balance_probs, index = self.gate(probs, x2d)
+        gates, dispatch, balance_probs, rank = self.gate(probs, x2d)
         if not torch.is_grad_enabled():
-            return gates, dispatch, index
+            return gates, dispatch, rank
         weight = self.token_weight(leading_shape, probs)
         self.last_balance_loss, counts = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
         self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1; counts carry no grad
-        return gates, dispatch, index
+        return gates, dispatch, rank
 
     def token_weight(self, leading_shape, like) -> torch.Tensor | None:
         mask = self.context.token_mask if self.context is not None else None
@@ -183,16 +197,16 @@ class MoELoRALinear(nn.Module):
         result = self.base_layer(x)
         leading = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).to(compute_dtype(x, self.lora_A))  # (T, n)
-        gates, _, index = self.routing(x2d, leading)  # (T, E) fp32, zero for unrouted experts
+        gates, _, rank = self.routing(x2d, leading)  # (T, E) fp32, zero for unrouted experts
         coef = gates * self.scaling  # (T, E): w_j * s_j
         tokens, experts, d = x2d.shape[0], self.num_experts, self.expert_rank
         A = self.lora_A.to(x2d.dtype)
         if self.training and self.dropout > 0:
-            slots = index.shape[1] if self.dropout_mode == "per_expert" else 1
+            slots = self.routing.gate.top_k if self.dropout_mode == "per_expert" else 1
             act = slot_dropout_down(x2d, A, slots, self.dropout)  # (S, T, rank of A)
             if slots > 1:  # slot j keeps only the expert it routed to: (S, T, E)
-                chosen = coef.new_zeros(slots, tokens, experts).scatter_(2, index.t()[..., None], 1.0)
-                coef = chosen * coef
+                slot = torch.arange(slots, device=rank.device)[:, None, None]
+                coef = torch.where(rank[None] == slot, coef[None], 0.0)
         else:
             act = (x2d @ A.t())[None]  # (1, T, rank of A)
         act = act.view(act.shape[0], tokens, 1 if self.shared_A else experts, d)

@@ -4,7 +4,7 @@ Each token goes to k experts and each of them sees its own dropout draw of the t
 top-k slot gives exactly that: slot j's mask is used by the expert chosen in slot j, and the k slots of a
 token draw independently. So the down-projection runs on S = k dropped copies of x:
 
-    act[j] = (x * keep[j] / (1 - p)) @ A^T        x (T, n), keep (S, T, n) bool, A (r, n) -> act (S, T, r)
+    act[j] = (x * keep[j]) @ A^T / (1 - p)         x (T, n), keep (S, T, n) bool, A (r, n) -> act (S, T, r)
 
 and the layer takes from act[j] only the d columns of the expert routed in slot j.
 
@@ -47,9 +47,10 @@ class _SlotDropoutDown(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, A, keep, p: float):
+        # The 1 / (1 - p) goes on the (S, T, r) product, not on x: nothing of x's size but the masks' bits is kept
+        # for backward (compiled, a scaled copy of x would otherwise be saved beside x).
         scale = 1.0 / (1.0 - p)
-        dropped = torch.where(keep, x * scale, 0.0)  # (S, T, n), alive only here
-        act = dropped @ A.t()  # (S, T, r)
+        act = torch.where(keep, x, 0.0) @ A.t() * scale  # (S, T, r); the dropped copies live only here
         ctx.save_for_backward(x, A, pack_bits(keep))
         ctx.scale, ctx.n = scale, x.shape[-1]
         return act
@@ -58,13 +59,12 @@ class _SlotDropoutDown(torch.autograd.Function):
     def backward(ctx, grad_act):
         x, A, packed = ctx.saved_tensors
         keep = unpack_bits(packed, ctx.n)  # (S, T, n)
-        grad_act = grad_act.to(x.dtype)
+        grad_act = grad_act.to(x.dtype) * ctx.scale
         grad_x = grad_A = None
         if ctx.needs_input_grad[1]:
-            dropped = torch.where(keep, x * ctx.scale, 0.0)
-            grad_A = torch.einsum("str,stn->rn", grad_act, dropped).to(A.dtype)  # (r, n)
+            grad_A = torch.einsum("str,stn->rn", grad_act, torch.where(keep, x, 0.0)).to(A.dtype)  # (r, n)
         if ctx.needs_input_grad[0]:
-            grad_x = torch.where(keep, grad_act @ A, 0.0).sum(0) * ctx.scale  # (T, n)
+            grad_x = torch.where(keep, grad_act @ A, 0.0).sum(0)  # (T, n)
         return grad_x, grad_A, None, None
 
 
