@@ -15,8 +15,7 @@ from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
-from goat.config import TaskConfig, TrainerConfig, adapter_overrides
-from goat.domains import domain_errors
+from goat.config import adapter_overrides, first_domain_error
 from goat.schedule import SCHEDULES
 from goat.tasks import LOADERS
 
@@ -87,12 +86,10 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
 
 
 def check_domains(cfg) -> None:
-    """Every numeric setting of trainer and task inside its domain (goat.domains, declared in goat.config)."""
-    for prefix, schema in (("trainer", TrainerConfig), ("task", TaskConfig)):
-        section = cfg[prefix]
-        errors = domain_errors(lambda name, section=section: section.get(name), schema, prefix)
-        if errors:
-            raise ConfigError(errors[0])
+    """Every numeric setting of trainer, task and method inside its domain (goat.domains, declared in the schema)."""
+    problem = first_domain_error(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_output_dir(output_dir) -> None:

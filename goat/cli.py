@@ -136,20 +136,30 @@ def _write_traceback(program: str) -> Path:
 def _train(argv: list[str], show: bool) -> int:
     from omegaconf import OmegaConf
 
+    from goat.config import first_domain_error
+
+    logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
+    try:
+        cfg = compose(argv)
+    except OverrideError as error:
+        print(f"goat-train: {error}", file=sys.stderr)
+        return 2
+    if show:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    problem = first_domain_error(cfg)  # before torch and the model libraries load: a typo costs a second, not ten
+    if problem:
+        print(f"goat-train: {problem}", file=sys.stderr)
+        return 2
     from goat.checkpoint import CheckpointError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError
     from goat.train import ConfigError, train
     from goat.trainer import NonFiniteLossError
 
-    logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
     try:
-        cfg = compose(argv)
-        if show:
-            print(OmegaConf.to_yaml(cfg))
-            return 0
         results = train(cfg)
-    except (OverrideError, ConfigError, DataUnavailableError, ModelUnavailableError) as error:
+    except (ConfigError, DataUnavailableError, ModelUnavailableError) as error:
         print(f"goat-train: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, CheckpointError) as error:

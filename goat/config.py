@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from goat.adapters.config import AdapterConfig
-from goat.domains import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED, ranged
+from goat.domains import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    SEED,
+    domain_errors,
+    ranged,
+)
 
 
 @dataclass
@@ -146,3 +155,15 @@ def adapter_overrides(method_cfg) -> dict:
     return {
         k: list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v for k, v in values.items()
     }
+
+
+def first_domain_error(cfg) -> str | None:
+    """The first numeric trainer, task or method setting of a composed run config outside its domain, read from
+    the schema alone (no torch import), or None. Combinations (the theory scaling's square root) are checked
+    later, with the method's preset (goat.checks.check_config)."""
+    for prefix, schema in (("trainer", TrainerConfig), ("task", TaskConfig), ("method", AdapterConfig)):
+        section = cfg[prefix]
+        errors = domain_errors(lambda name, section=section: section.get(name), schema, prefix)
+        if errors:
+            return errors[0]
+    return None
