@@ -163,6 +163,7 @@ def wrap_official(model: nn.Module, path: Path, cfg) -> nn.Module:
     spec = importlib.util.spec_from_file_location("official_goat_layer", path)
     official = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(official)
+    freeze_except(model, [])  # the base model; the official layers' own parameters are created trainable
     for name in find_targets(model, cfg.target_modules, []):
         base = model.get_submodule(name)
         with torch.device(base.weight.device):
@@ -170,7 +171,6 @@ def wrap_official(model: nn.Module, path: Path, cfg) -> nn.Module:
                                              lora_dropout=cfg.lora_dropout, num_experts=cfg.num_experts,
                                              top_k=cfg.top_k, init_type="mole")
         replace_module(model, name, layer)
-    freeze_except(model, [])  # only parameters named lora_* train
     return model
 
 

@@ -52,3 +52,35 @@ def test_invalid_configs_fail_with_one_clear_message(changes, message):
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ValueError, match="unknown adapter config keys \\['num_expert'\\]; valid keys"):
         method_config("goat", num_expert=4)
+
+
+def test_a_new_methods_parameters_train_whatever_their_name(monkeypatch):
+    """What trains is what the adapter builds (plus the heads), not parameters named lora_*: a method whose layer
+    owns a parameter called `gain` trains it, and the base model stays frozen."""
+    import torch
+    from torch import nn
+
+    from goat.adapters import apply_adapter
+    from goat.adapters.registry import Method
+    from goat.adapters.surgery import replace_module
+
+    class Scaled(nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.gain = base, nn.Parameter(torch.ones(base.out_features))
+
+        def forward(self, x):
+            return self.base(x) * self.gain
+
+    def build(model, cfg, targets, initialize=True):
+        for name in targets:
+            replace_module(model, name, Scaled(model.get_submodule(name)))
+        return model
+
+    monkeypatch.setitem(METHODS, "scaled", Method(build, "goat"))
+    model = nn.Sequential()
+    model.add_module("proj", nn.Linear(4, 4))
+    model.add_module("classifier", nn.Linear(4, 2))
+    apply_adapter(model, AdapterConfig.from_dict({"method": "scaled"}))
+    trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["classifier.bias", "classifier.weight", "proj.gain"]

@@ -61,10 +61,13 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def freeze_except(model: nn.Module, trainable_prefixes: list[str], adapter_marker: str = "lora_") -> None:
-    """requires_grad only for adapter parameters (names containing `adapter_marker`) and the listed modules."""
+def freeze_except(model: nn.Module, trainable_prefixes: list[str]) -> None:
+    """requires_grad only for the parameters of the listed modules (the task heads).
+
+    Called on the base model before an adapter is built: every parameter the adapter then creates trains, whatever
+    its name (a new parameter is requires_grad=True), and what trains is exactly what the adapter saves."""
     for name, param in model.named_parameters():
-        param.requires_grad = adapter_marker in name or _inside(name, trainable_prefixes)
+        param.requires_grad = _inside(name, trainable_prefixes)
 
 
 def install_mask_hook(model: nn.Module, context: RoutingContext) -> None:

