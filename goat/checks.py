@@ -15,19 +15,15 @@ from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
-from goat.config import adapter_overrides, first_domain_error
+from goat.config import ConfigError, adapter_overrides, first_domain_error
 from goat.schedule import SCHEDULES
 from goat.tasks import LOADERS
+from goat.tasks.instruction import DECODINGS
+from goat.tracking import LOGGER_BACKENDS
 
-DECODINGS = ("greedy", "paper", "sample")  # goat.tasks.instruction.DECODINGS
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LOGGER_BACKENDS = ("wandb", "none")
 RESUME_MUST_MATCH = ("task.name", "model.name_or_path", "method")
 FULL_FINE_TUNING = ("full_ft", "full_ft_moe")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says which key and what to do."""
 
 
 def _one_of(key: str, value, valid) -> None:
@@ -37,14 +33,14 @@ def _one_of(key: str, value, valid) -> None:
 
 def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     """Checks that need neither data nor weights; returns the adapter config of the method."""
-    from goat.models import DTYPES, MODEL_CLASSES
+    from goat.models import DTYPES, IMAGE_HEADS, MODEL_CLASSES
 
     t = cfg.trainer
     check_domains(cfg)
     _one_of("task.loader", cfg.task.loader, sorted(LOADERS))
     _one_of("model.kind", cfg.model.kind, list(MODEL_CLASSES))
     _one_of("model.dtype", cfg.model.dtype, list(DTYPES))
-    _one_of("model.image_head", cfg.model.image_head, ("patch_mean", "zero_shot"))
+    _one_of("model.image_head", cfg.model.image_head, IMAGE_HEADS)
     _one_of("logger.backend", cfg.logger.backend, LOGGER_BACKENDS)
     _one_of("trainer.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
     _one_of("task.decoding", cfg.task.decoding, DECODINGS)

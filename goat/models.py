@@ -22,6 +22,7 @@ MODEL_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "clip_image_classification": None,
 }  # built by load_clip_classifier
+IMAGE_HEADS = ("patch_mean", "zero_shot")  # model.image_head of clip_image_classification
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
-from goat.checks import ConfigError, check_config, check_model, check_output_dir, check_same_run
+from goat.checks import check_config, check_model, check_output_dir, check_same_run
+from goat.config import ConfigError
 from goat.evaluate import evaluate
 from goat.tasks import load_task
 from goat.tasks.classification import TokenizedSplit, eval_loader, train_loader
