@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
@@ -110,6 +109,7 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
     skeleton built on the meta device from the model's config (no weights, no memory)."""
     from goat.adapters.lora_moe import check_rank_fits
     from goat.adapters.surgery import find_heads, find_targets
+    from goat.models import build_skeleton
 
     skeleton = build_skeleton(model_cfg, model_config, num_labels)
     if skeleton is None:
@@ -121,23 +121,6 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
             check_rank_fits(skeleton, targets, adapter_cfg.r)
     except ValueError as error:
         raise ConfigError(f"method: {error}") from None
-
-
-def build_skeleton(model_cfg, model_config, num_labels: int | None):
-    """The model's module tree without weights (meta device), as load_model would build it; None for CLIP's
-    zero-shot head, whose structure needs the class names."""
-    from goat.models import MODEL_CLASSES
-
-    with torch.device("meta"):
-        if model_cfg.kind == "clip_image_classification":
-            if model_cfg.image_head == "zero_shot":
-                return None
-            from transformers import CLIPVisionModel
-
-            from goat.tasks.vision import CLIPPatchMeanClassifier
-
-            return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
-        return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
 
 
 def check_same_run(cfg, run_dir: Path) -> None:
