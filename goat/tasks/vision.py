@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from goat.tasks.base import DataUnavailableError, first_line, hub_offline_unless_reachable
+from goat.evaluate import evaluate
+from goat.tasks.base import DataUnavailableError, Task, first_line, hub_offline_unless_reachable
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -30,7 +31,7 @@ HELD_OUT_FRACTION, HELD_OUT_MAX, HELD_OUT_SEED = 0.1, 5000, 0
 
 
 @dataclass
-class ImageTask:
+class ImageTask(Task):
     name: str
     splits: dict  # name -> sequence of {"image": PIL.Image, "label": int}
     eval_splits: list
@@ -46,6 +47,9 @@ class ImageTask:
         from goat.metrics import accuracy
 
         return {"accuracy": accuracy(predictions, labels)}
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return vision_pipeline(cfg, self, tokenizer, accelerator, run_dir)
 
 
 def random_resized_crop(image, size: int, rng: random.Random, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -178,3 +182,15 @@ def loaders(task: ImageTask, size: int, micro_batch: int, eval_batch: int, seed:
         for name in task.eval_splits
     }
     return train_loader, evals
+
+
+def vision_pipeline(cfg, task, tokenizer, accelerator, run_dir):
+    """(train loader, evaluator, main metric key) for image classification: top-1 on test and validation."""
+    t = cfg.trainer
+    train, evals = loaders(task, cfg.task.image_size, t.micro_batch_size, t.eval_batch_size, t.seed, t.num_workers)
+    prepared = {name: accelerator.prepare(loader) for name, loader in evals.items()}
+
+    def evaluator(model, step):
+        return evaluate(model, prepared, task, accelerator)
+
+    return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"
