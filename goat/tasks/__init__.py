@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from goat.config import ConfigError
 from goat.tasks.base import DataUnavailableError, Task, TextTask
 
 # loader name -> "module:function"; imported on use so that a task's dependencies load only when needed.
@@ -25,7 +26,7 @@ def load_task(task_cfg, seed: int) -> Task:
     module, function = LOADERS[task_cfg.loader].split(":")
     task = getattr(import_module(module), function)(task_cfg, seed)
     if getattr(type(task), "pipeline", Task.pipeline) is Task.pipeline:  # before any model loads
-        raise TypeError(
+        raise ConfigError(
             f"task.loader={task_cfg.loader} gave a {type(task).__name__}, a task type without a pipeline: goat cannot "
             "train or score it (define its pipeline, see goat.tasks.base.Task)"
         )
