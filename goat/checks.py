@@ -10,24 +10,19 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from goat.adapters import method_config, validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
-from goat.config import adapter_overrides, first_domain_error
+from goat.config import ConfigError, adapter_overrides, first_domain_error
 from goat.schedule import SCHEDULES
 from goat.tasks import LOADERS
+from goat.tasks.instruction import DECODINGS
+from goat.tracking import LOGGER_BACKENDS
 
-DECODINGS = ("greedy", "paper", "sample")  # goat.tasks.instruction.DECODINGS
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LOGGER_BACKENDS = ("wandb", "none")
 RESUME_MUST_MATCH = ("task.name", "model.name_or_path", "method")
 FULL_FINE_TUNING = ("full_ft", "full_ft_moe")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says which key and what to do."""
 
 
 def _one_of(key: str, value, valid) -> None:
@@ -37,14 +32,14 @@ def _one_of(key: str, value, valid) -> None:
 
 def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     """Checks that need neither data nor weights; returns the adapter config of the method."""
-    from goat.models import DTYPES, MODEL_CLASSES
+    from goat.models import DTYPES, IMAGE_HEADS, MODEL_CLASSES
 
     t = cfg.trainer
     check_domains(cfg)
     _one_of("task.loader", cfg.task.loader, sorted(LOADERS))
     _one_of("model.kind", cfg.model.kind, list(MODEL_CLASSES))
     _one_of("model.dtype", cfg.model.dtype, list(DTYPES))
-    _one_of("model.image_head", cfg.model.image_head, ("patch_mean", "zero_shot"))
+    _one_of("model.image_head", cfg.model.image_head, IMAGE_HEADS)
     _one_of("logger.backend", cfg.logger.backend, LOGGER_BACKENDS)
     _one_of("trainer.on_nonfinite", t.on_nonfinite, ("stop", "skip"))
     _one_of("task.decoding", cfg.task.decoding, DECODINGS)
@@ -114,6 +109,7 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
     skeleton built on the meta device from the model's config (no weights, no memory)."""
     from goat.adapters.lora_moe import check_rank_fits
     from goat.adapters.surgery import find_heads, find_targets
+    from goat.models import build_skeleton
 
     skeleton = build_skeleton(model_cfg, model_config, num_labels)
     if skeleton is None:
@@ -125,23 +121,6 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
             check_rank_fits(skeleton, targets, adapter_cfg.r)
     except ValueError as error:
         raise ConfigError(f"method: {error}") from None
-
-
-def build_skeleton(model_cfg, model_config, num_labels: int | None):
-    """The model's module tree without weights (meta device), as load_model would build it; None for CLIP's
-    zero-shot head, whose structure needs the class names."""
-    from goat.models import MODEL_CLASSES
-
-    with torch.device("meta"):
-        if model_cfg.kind == "clip_image_classification":
-            if model_cfg.image_head == "zero_shot":
-                return None
-            from transformers import CLIPVisionModel
-
-            from goat.tasks.vision import CLIPPatchMeanClassifier
-
-            return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
-        return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
 
 
 def check_same_run(cfg, run_dir: Path) -> None:

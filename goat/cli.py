@@ -152,9 +152,10 @@ def _train(argv: list[str], show: bool) -> int:
         print(f"goat-train: {problem}", file=sys.stderr)
         return 2
     from goat.checkpoint import CheckpointError
+    from goat.config import ConfigError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError
-    from goat.train import ConfigError, train
+    from goat.train import train
     from goat.trainer import NonFiniteLossError
 
     try:

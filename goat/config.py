@@ -24,6 +24,10 @@ from goat.domains import (
 )
 
 
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message says which key and what to do."""
+
+
 @dataclass
 class TaskConfig:
     name: str = "???"  # glue/cola, offline/...; also the run directory's first level

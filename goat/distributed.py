@@ -19,7 +19,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 
-from goat.checks import ConfigError
+from goat.config import ConfigError
 
 
 def is_deepspeed(accelerator) -> bool:

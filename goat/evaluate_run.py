@@ -18,7 +18,6 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     from goat.config import RunConfig
     from goat.models import load_model
     from goat.tasks import load_task
-    from goat.train import PIPELINES, classification_pipeline
 
     run_dir = Path(run_dir)
     for needed in ("config.yaml", "final/adapter_config.json"):
@@ -31,8 +30,7 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     task = load_task(cfg.task, cfg.trainer.seed)
     model, tokenizer = load_model(cfg.model, getattr(task, "num_labels", None), getattr(task, "label_names", None))
     model = accelerator.prepare(load_adapter(model, run_dir / "final"))
-    build = PIPELINES.get(type(task).__name__, classification_pipeline)
-    _, evaluator, _ = build(cfg, task, tokenizer, accelerator, run_dir / "eval")
+    _, evaluator, _ = task.pipeline(cfg, tokenizer, accelerator, run_dir / "eval")
     metrics = evaluator(model, 0)
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
     return metrics

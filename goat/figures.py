@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from goat.report import finished_runs, leaf_cell, sweep_cells
+from goat.results import finished_runs, leaf_cell, sweep_cells
 from goat.tables import run_dir, runs_folder, sweep_values
 
 

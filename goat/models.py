@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from goat.tasks.base import first_line, hub_offline_unless_reachable
 
@@ -22,6 +24,7 @@ MODEL_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "clip_image_classification": None,
 }  # built by load_clip_classifier
+IMAGE_HEADS = ("patch_mean", "zero_shot")  # model.image_head of clip_image_classification
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,11 +96,22 @@ def load_model(model_cfg, num_labels: int | None = None, label_names: list[str] 
     return model, tokenizer
 
 
+def build_skeleton(model_cfg, model_config, num_labels: int | None):
+    """The model's module tree without weights (meta device), as load_model would build it; None for CLIP's
+    zero-shot head, whose structure needs the class names."""
+    with torch.device("meta"):
+        if model_cfg.kind == "clip_image_classification":
+            if model_cfg.image_head == "zero_shot":
+                return None
+            from transformers import CLIPVisionModel
+
+            return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
+        return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
+
+
 def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
     """The CLIP vision tower (pretrained, or random from the config) with the reference's patch-mean head."""
     from transformers import CLIPVisionModel
-
-    from goat.tasks.vision import CLIPPatchMeanClassifier
 
     with _clear_errors(model_cfg.name_or_path, path):
         if model_cfg.from_config:
@@ -111,8 +125,6 @@ def load_clip_zero_shot(model_cfg, path: str, label_names: list[str] | None):
     """CLIP's vision tower + projection, scored against frozen text embeddings of the class names (averaged
     over CLIP prompt templates): the zero-shot head the reference's comment describes (spec §6, §9.14)."""
     from transformers import CLIPConfig, CLIPModel
-
-    from goat.tasks.vision import CLIPZeroShotClassifier, class_embeddings
 
     if not label_names:
         raise ValueError("model.image_head=zero_shot needs the class names of the dataset (a ClassLabel column)")
@@ -181,3 +193,63 @@ class _clear_errors:
             f"download it where there is network and pass model.name_or_path=/path/to/it, or run the offline "
             f"default model=minilm"
         ) from error
+
+
+# CLIP image-classification heads (spec §6 ViT): load_clip_classifier and load_clip_zero_shot build them.
+class CLIPPatchMeanClassifier(nn.Module):
+    """CLIP vision tower -> mean of patch tokens (T-1 of them, CLS excluded) -> classifier (hidden -> C)."""
+
+    def __init__(self, vision_model, num_labels: int):
+        super().__init__()
+        self.vision_model = vision_model
+        self.config = vision_model.config
+        self.classifier = nn.Linear(vision_model.config.hidden_size, num_labels)
+
+    def forward(self, pixel_values, labels=None, **_):
+        hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, 1 + P, H)
+        logits = self.classifier(hidden[:, 1:].mean(dim=1))  # (B, C)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# CLIP's prompt templates (a subset of those published with CLIP), averaged per class for the zero-shot head.
+TEMPLATES = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "itap of a {}.",
+)
+
+
+@torch.no_grad()
+def class_embeddings(clip, tokenizer, label_names: list[str], templates=TEMPLATES) -> torch.Tensor:
+    """(C, D): per class, the normalised mean of the normalised text embeddings of its templated names."""
+    rows = []
+    for name in label_names:
+        batch = tokenizer([t.format(name.replace("_", " ")) for t in templates], padding=True, return_tensors="pt")
+        features = clip.get_text_features(**batch)
+        features = getattr(features, "pooler_output", features)
+        features = nn.functional.normalize(features.float(), dim=-1).mean(dim=0)
+        rows.append(nn.functional.normalize(features, dim=-1))
+    return torch.stack(rows)
+
+
+class CLIPZeroShotClassifier(nn.Module):
+    """logits = exp(logit_scale) * cos(projected image embedding, class text embedding); the text side is frozen."""
+
+    def __init__(self, clip, class_embeddings: torch.Tensor):
+        super().__init__()
+        self.vision_model, self.visual_projection = clip.vision_model, clip.visual_projection
+        self.config = clip.config
+        self.register_buffer("class_embeddings", class_embeddings)
+        self.logit_scale = float(clip.logit_scale.detach().exp())
+
+    def forward(self, pixel_values, labels=None, **_):
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # (B, H): post-layernorm CLS
+        image = nn.functional.normalize(self.visual_projection(pooled), dim=-1)  # (B, D)
+        logits = self.logit_scale * image @ self.class_embeddings.to(image.dtype).t()  # (B, C)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)

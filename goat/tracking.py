@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+LOGGER_BACKENDS = ("wandb", "none")  # logger.backend
+
 
 class MetricsLog:
     """Appends one JSON object per logged step to metrics.jsonl and forwards it to the Accelerate trackers."""
@@ -16,8 +18,8 @@ class MetricsLog:
         if accelerator.is_main_process:
             drop_partial_last_line(self.path)
         self.trackers = logger_cfg.backend != "none"
-        if logger_cfg.backend not in ("wandb", "none"):
-            raise ValueError(f"logger.backend={logger_cfg.backend!r} is unknown; valid: wandb, none")
+        if logger_cfg.backend not in LOGGER_BACKENDS:
+            raise ValueError(f"logger.backend={logger_cfg.backend!r} is unknown; valid: {', '.join(LOGGER_BACKENDS)}")
         if self.trackers:
             os.environ.setdefault("WANDB_MODE", logger_cfg.mode)
             os.environ.setdefault("WANDB_SILENT", "true")

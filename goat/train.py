@@ -22,10 +22,9 @@ from omegaconf import OmegaConf
 from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
-from goat.checks import ConfigError, check_config, check_model, check_output_dir, check_same_run
-from goat.evaluate import evaluate
+from goat.checks import check_config, check_model, check_output_dir, check_same_run
+from goat.config import ConfigError
 from goat.tasks import load_task
-from goat.tasks.classification import TokenizedSplit, eval_loader, train_loader
 
 logger = logging.getLogger("goat")
 RESULTS = "results.json"
@@ -146,8 +145,7 @@ def train(cfg, callbacks=()) -> dict:
         device = None if distributed.shards_parameters(accelerator) else accelerator.device
         model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None), device)
         model = apply_adapter(model, adapter_cfg)
-    build = PIPELINES.get(type(task).__name__, classification_pipeline)
-    loader, evaluator, main_metric = build(cfg, task, tokenizer, accelerator, run_dir)
+    loader, evaluator, main_metric = task.pipeline(cfg, tokenizer, accelerator, run_dir)
     log = MetricsLog(run_dir, accelerator, cfg.logger, OmegaConf.to_container(cfg, resolve=True))
     trainer = Trainer(cfg, accelerator, model, loader, evaluator, main_metric, run_dir, log, callbacks)
     if resume_checkpoint is not None:
@@ -166,66 +164,6 @@ def train(cfg, callbacks=()) -> dict:
     if accelerator.is_main_process:
         _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
     return results
-
-
-def classification_pipeline(cfg, task, tokenizer, accelerator, run_dir):
-    """(train loader, evaluator, main metric key) for a TextTask: eval splits scored by argmax predictions."""
-    t, regression = cfg.trainer, task.num_labels == 1
-    splits = {
-        name: TokenizedSplit(task.splits[name], tokenizer, cfg.task.max_length, regression)
-        for name in ["train", *task.eval_splits]
-    }
-    loaders = {
-        name: accelerator.prepare(eval_loader(splits[name], tokenizer, t.eval_batch_size, t.num_workers))
-        for name in task.eval_splits
-    }
-
-    def evaluator(model, step):
-        return evaluate(model, loaders, task, accelerator)
-
-    train = train_loader(splits["train"], tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
-    return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"
-
-
-def generation_pipeline(cfg, task, tokenizer, accelerator, run_dir):
-    """(train loader, evaluator, main metric key) for instruction and chat tasks: each evaluation generates
-    into <run_dir>/generations/step-<step>/: scored test sets (<set>.jsonl), or MT-Bench answers for chat."""
-    from goat.tasks import chat, instruction
-
-    t = cfg.trainer
-    split = instruction.InstructionSplit(task.train, tokenizer, cfg.task.max_length)
-    write = chat.write_mt_bench_answers if isinstance(task, chat.ChatTask) else instruction.evaluate_generation
-
-    def evaluator(model, step):
-        out = Path(run_dir) / "generations" / f"step-{step:08d}"
-        return write(model, tokenizer, task, accelerator, t.eval_batch_size, out)
-
-    train = instruction.train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
-    return train, evaluator, task.main_metric
-
-
-def vision_pipeline(cfg, task, tokenizer, accelerator, run_dir):
-    """(train loader, evaluator, main metric key) for image classification: top-1 on test and validation."""
-    from goat.tasks import vision
-
-    t = cfg.trainer
-    train, evals = vision.loaders(
-        task, cfg.task.image_size, t.micro_batch_size, t.eval_batch_size, t.seed, t.num_workers
-    )
-    prepared = {name: accelerator.prepare(loader) for name, loader in evals.items()}
-
-    def evaluator(model, step):
-        return evaluate(model, prepared, task, accelerator)
-
-    return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"
-
-
-PIPELINES = {
-    "InstructionTask": generation_pipeline,
-    "ChatTask": generation_pipeline,
-    "TextTask": classification_pipeline,
-    "ImageTask": vision_pipeline,
-}
 
 
 def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:

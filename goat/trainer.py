@@ -28,8 +28,8 @@ from goat.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from goat.checks import ConfigError
 from goat.compile import compile_blocks, compile_counters
+from goat.config import ConfigError
 from goat.schedule import make_scheduler
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 import goat.models
+import goat.tasks
 import goat.train
 from goat.cli import train_main
+from goat.tasks.base import Task
 from tests.conftest import tiny_run_overrides
 
 
@@ -276,3 +278,31 @@ def test_an_unexpected_error_is_one_line_and_a_log_file(monkeypatch, capsys, tmp
     assert "Traceback" in log.read_text() and "more detail" in log.read_text()
     with pytest.raises(RuntimeError):  # --debug: the traceback itself
         train_main([f"output_dir={tmp_path / 'run'}", "--debug"])
+
+
+class UntrainableTask:
+    """A task type that is not a goat.tasks.base.Task: nothing says how to train or score it."""
+
+
+class BareTask(Task):
+    """A Task that never defined its pipeline."""
+
+
+def load_untrainable(cfg, seed: int):
+    return UntrainableTask()
+
+
+def load_bare(cfg, seed: int):
+    return BareTask()
+
+
+@pytest.mark.parametrize("loader", ["untrainable", "bare"])
+def test_a_task_type_without_a_pipeline_is_one_line_before_weights(
+    loader, guarded, capsys, monkeypatch, tiny_model_dir, keyword_data, tmp_path
+):
+    """A new task type is never trained and scored as text classification by default (issue 19)."""
+    guarded(data=False)
+    monkeypatch.setitem(goat.tasks.LOADERS, loader, f"{__name__}:load_{loader}")
+    out = tmp_path / "run"
+    line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, out, f"task.loader={loader}"))
+    assert f"task.loader={loader} gave a" in line and "task type without a pipeline" in line, line

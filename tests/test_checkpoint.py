@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from goat import checkpoint
 from goat.cli import compose
-from goat.train import ConfigError, train
+from goat.config import ConfigError
+from goat.train import train
 
 COMMON = ["trainer.max_steps=12", "trainer.save_every_steps=4", "trainer.keep_last=3"]
 

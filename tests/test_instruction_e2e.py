@@ -327,7 +327,8 @@ def test_several_samples_give_unbiased_pass_at_1_and_pass_at_10(monkeypatch, tmp
 
 
 def test_more_than_one_sample_requires_sampling(tmp_path):
-    from goat.train import ConfigError, check_config
+    from goat.checks import check_config
+    from goat.config import ConfigError
 
     with pytest.raises(ConfigError, match="task.decoding=sample"):
         check_config(compose(["task=code/codefeedback", "task.num_samples=10", f"output_dir={tmp_path}"]))

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from goat import checkpoint
 from goat.cli import compose, train_main
-from goat.train import ConfigError, train
+from goat.config import ConfigError
+from goat.train import train
 from goat.trainer import NonFiniteLossError
 
 COMMON = ["trainer.max_steps=12", "trainer.save_every_steps=5", "trainer.log_every_steps=1"]

@@ -10,7 +10,8 @@ from conftest import tiny_run_overrides as overrides
 from safetensors.torch import load_file
 
 from goat.cli import OverrideError, compose, train_main
-from goat.train import ConfigError, train
+from goat.config import ConfigError
+from goat.train import train
 
 
 def test_goat_run_learns_and_writes_metrics_results_checkpoints(tiny_model_dir, keyword_data, tmp_path, capsys):

@@ -131,11 +131,13 @@ def tiny_full_clip(tmp_path_factory):
 def test_zero_shot_head_equals_clip_logits_and_stays_frozen(tiny_full_clip):
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
+    from goat.models import CLIPZeroShotClassifier, class_embeddings
+
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig.from_pretrained(tiny_full_clip)).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_full_clip)
-    head = vision.CLIPZeroShotClassifier(
-        clip, vision.class_embeddings(clip, tokenizer, ["class0", "class1"], templates=("a photo of a {}.",))
+    head = CLIPZeroShotClassifier(
+        clip, class_embeddings(clip, tokenizer, ["class0", "class1"], templates=("a photo of a {}.",))
     )
     pixels = torch.randn(3, 3, 32, 32)
     texts = tokenizer(["a photo of a class0.", "a photo of a class1."], padding=True, return_tensors="pt")

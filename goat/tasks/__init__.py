@@ -1,10 +1,11 @@
-"""Task loaders by name: TaskConfig -> TextTask (goat.tasks.base)."""
+"""Task loaders by name: TaskConfig -> a Task (goat.tasks.base) that carries its own pipeline."""
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from goat.tasks.base import DataUnavailableError, TextTask
+from goat.config import ConfigError
+from goat.tasks.base import DataUnavailableError, Task, TextTask
 
 # loader name -> "module:function"; imported on use so that a task's dependencies load only when needed.
 LOADERS = {
@@ -19,11 +20,16 @@ LOADERS = {
 }
 
 
-def load_task(task_cfg, seed: int) -> TextTask:
+def load_task(task_cfg, seed: int) -> Task:
     if task_cfg.loader not in LOADERS:
         raise ValueError(f"task.loader={task_cfg.loader!r} is unknown; valid loaders: {', '.join(sorted(LOADERS))}")
     module, function = LOADERS[task_cfg.loader].split(":")
     task = getattr(import_module(module), function)(task_cfg, seed)
+    if getattr(type(task), "pipeline", Task.pipeline) is Task.pipeline:  # before any model loads
+        raise ConfigError(
+            f"task.loader={task_cfg.loader} gave a {type(task).__name__}, a task type without a pipeline: goat cannot "
+            "train or score it (define its pipeline, see goat.tasks.base.Task)"
+        )
     if task.train_size == 0:  # before the run folder exists: a loop over no batch would never step
         where = f"task.data_dir={task_cfg.data_dir}" if task_cfg.data_dir else f"task={task_cfg.name}"
         raise DataUnavailableError(
@@ -34,4 +40,4 @@ def load_task(task_cfg, seed: int) -> TextTask:
     return task
 
 
-__all__ = ["LOADERS", "DataUnavailableError", "TextTask", "load_task"]
+__all__ = ["LOADERS", "DataUnavailableError", "Task", "TextTask", "load_task"]

@@ -1,7 +1,8 @@
 """What every task gives the trainer: labelled text splits, how to score predictions, and its main metric.
 
-Data flows one way: a task loader turns a `TaskConfig` into a `TextTask`; `goat.tasks.classification`
-tokenises its splits for the model; the trainer evaluates with `TextTask.compute_metrics`.
+Data flows one way: a task loader turns a `TaskConfig` into a task (a `Task`: TextTask, InstructionTask, or a
+family's own, ChatTask, ImageTask); the task's `pipeline` gives goat-train and goat-eval its batches and its
+evaluator, so neither ever asks which class a task is. A task module never imports the trainer.
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ import numpy as np
 from goat import metrics
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+Evaluator = Callable[[object, int], dict[str, float]]  # (model, step) -> {"<split>/<metric>": value}
+
+
+class Task:
+    """A task type: how its runs are trained and scored. Every task a loader returns is one."""
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir) -> tuple[object, Evaluator, str]:
+        """(train loader, evaluator, main metric key) for a run of this task; the evaluator writes what it
+        generates under `run_dir`. cfg: the composed run config (task and trainer settings)."""
+        name = type(self).__name__
+        raise NotImplementedError(f"task type {name} has no pipeline: define {name}.pipeline (goat.tasks.base.Task)")
 
 
 @dataclass
-class TextTask:
+class TextTask(Task):
     """Labelled text for sequence classification (or regression when num_labels == 1).
 
     splits: split name -> `datasets.Dataset` with a column "text" (the model's whole input, prompt prefix
@@ -44,6 +56,11 @@ class TextTask:
     @property
     def train_size(self) -> int:
         return len(self.splits["train"])
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        from goat.tasks.classification import classification_pipeline
+
+        return classification_pipeline(cfg, self, tokenizer, accelerator, run_dir)
 
 
 def classification_metrics(predictions, labels) -> dict[str, float]:
@@ -118,7 +135,7 @@ class hub_offline_unless_reachable:
 
 
 @dataclass
-class InstructionTask:
+class InstructionTask(Task):
     """Instruction tuning of a causal LM, scored by generating answers (spec §6 CR, Math).
 
     train: [{"prompt": str, "response": str}]: the loss is on the response (and EOS) only.
@@ -139,3 +156,8 @@ class InstructionTask:
     @property
     def train_size(self) -> int:
         return len(self.train)
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        from goat.tasks.instruction import evaluate_generation, generation_pipeline
+
+        return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, evaluate_generation)

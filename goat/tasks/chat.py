@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goat.tasks.base import DataUnavailableError
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate_in_step
+from goat.tasks.base import DataUnavailableError, Task
+from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate_in_step, generation_pipeline
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 REFUSALS = ("sorry", "as an ai")
 
 
 @dataclass
-class ChatTask:
+class ChatTask(Task):
     name: str
     train: list  # [{"prompt", "response"}]
     questions: list  # MT-Bench rows {question_id, category, turns}
@@ -37,6 +37,9 @@ class ChatTask:
     @property
     def train_size(self) -> int:
         return len(self.train)
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, write_mt_bench_answers)
 
 
 def load_chat(cfg, seed: int) -> ChatTask:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from goat.evaluate import evaluate
+
 
 class TokenizedSplit(Dataset):
     """One split, tokenised once (truncated to max_length, not padded: batches pad to their longest row)."""
@@ -80,3 +82,22 @@ def eval_loader(split: TokenizedSplit, tokenizer, batch_size: int, num_workers: 
         num_workers=num_workers,
         generator=torch.Generator(),
     )
+
+
+def classification_pipeline(cfg, task, tokenizer, accelerator, run_dir):
+    """(train loader, evaluator, main metric key) for a TextTask: eval splits scored by argmax predictions."""
+    t, regression = cfg.trainer, task.num_labels == 1
+    splits = {
+        name: TokenizedSplit(task.splits[name], tokenizer, cfg.task.max_length, regression)
+        for name in ["train", *task.eval_splits]
+    }
+    loaders = {
+        name: accelerator.prepare(eval_loader(splits[name], tokenizer, t.eval_batch_size, t.num_workers))
+        for name in task.eval_splits
+    }
+
+    def evaluator(model, step):
+        return evaluate(model, loaders, task, accelerator)
+
+    train = train_loader(splits["train"], tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
+    return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"

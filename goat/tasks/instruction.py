@@ -239,3 +239,18 @@ def train_loader(
 
     collate = pad_right(tokenizer.pad_token_id, pad_to_multiple_of)
     return resumable_loader(split, batch_size, collate, seed, num_workers)
+
+
+def generation_pipeline(cfg, task, tokenizer, accelerator, run_dir, write=evaluate_generation):
+    """(train loader, evaluator, main metric key) for instruction and chat tasks: each evaluation calls
+    write(model, tokenizer, task, accelerator, batch size, folder) on <run_dir>/generations/step-<step>/ (scored
+    test sets as <set>.jsonl for InstructionTask; MT-Bench answers for ChatTask)."""
+    t = cfg.trainer
+    split = InstructionSplit(task.train, tokenizer, cfg.task.max_length)
+
+    def evaluator(model, step):
+        out = Path(run_dir) / "generations" / f"step-{step:08d}"
+        return write(model, tokenizer, task, accelerator, t.eval_batch_size, out)
+
+    train = train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
+    return train, evaluator, task.main_metric

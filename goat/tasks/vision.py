@@ -2,7 +2,7 @@
 transforms, top-1 accuracy.
 
 Model: the CLIP vision tower, then the mean of the patch tokens (CLS excluded, no post-layernorm or
-projection), then a new linear head trained fully (`CLIPPatchMeanClassifier`), as the reference ran it.
+projection), then a new linear head trained fully (`goat.models.CLIPPatchMeanClassifier`), as the reference ran it.
 Data: hub datasets with columns image (PIL) and label, e.g. tanganke/stanford_cars; the reference trains on
 90% of the official train split and holds out 10% (at most 5000 images, seed 0) for validation, and reports
 top-1 on the official test split after every epoch. Transforms are written with PIL and numpy (transformers'
@@ -19,11 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers.modeling_outputs import SequenceClassifierOutput
 
-from goat.tasks.base import DataUnavailableError, first_line, hub_offline_unless_reachable
+from goat.evaluate import evaluate
+from goat.tasks.base import DataUnavailableError, Task, first_line, hub_offline_unless_reachable
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -32,7 +31,7 @@ HELD_OUT_FRACTION, HELD_OUT_MAX, HELD_OUT_SEED = 0.1, 5000, 0
 
 
 @dataclass
-class ImageTask:
+class ImageTask(Task):
     name: str
     splits: dict  # name -> sequence of {"image": PIL.Image, "label": int}
     eval_splits: list
@@ -49,64 +48,8 @@ class ImageTask:
 
         return {"accuracy": accuracy(predictions, labels)}
 
-
-class CLIPPatchMeanClassifier(nn.Module):
-    """CLIP vision tower -> mean of patch tokens (T-1 of them, CLS excluded) -> classifier (hidden -> C)."""
-
-    def __init__(self, vision_model, num_labels: int):
-        super().__init__()
-        self.vision_model = vision_model
-        self.config = vision_model.config
-        self.classifier = nn.Linear(vision_model.config.hidden_size, num_labels)
-
-    def forward(self, pixel_values, labels=None, **_):
-        hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, 1 + P, H)
-        logits = self.classifier(hidden[:, 1:].mean(dim=1))  # (B, C)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-# CLIP's prompt templates (a subset of those published with CLIP), averaged per class for the zero-shot head.
-TEMPLATES = (
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "itap of a {}.",
-)
-
-
-@torch.no_grad()
-def class_embeddings(clip, tokenizer, label_names: list[str], templates=TEMPLATES) -> torch.Tensor:
-    """(C, D): per class, the normalised mean of the normalised text embeddings of its templated names."""
-    rows = []
-    for name in label_names:
-        batch = tokenizer([t.format(name.replace("_", " ")) for t in templates], padding=True, return_tensors="pt")
-        features = clip.get_text_features(**batch)
-        features = getattr(features, "pooler_output", features)
-        features = nn.functional.normalize(features.float(), dim=-1).mean(dim=0)
-        rows.append(nn.functional.normalize(features, dim=-1))
-    return torch.stack(rows)
-
-
-class CLIPZeroShotClassifier(nn.Module):
-    """logits = exp(logit_scale) * cos(projected image embedding, class text embedding); the text side is frozen."""
-
-    def __init__(self, clip, class_embeddings: torch.Tensor):
-        super().__init__()
-        self.vision_model, self.visual_projection = clip.vision_model, clip.visual_projection
-        self.config = clip.config
-        self.register_buffer("class_embeddings", class_embeddings)
-        self.logit_scale = float(clip.logit_scale.detach().exp())
-
-    def forward(self, pixel_values, labels=None, **_):
-        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # (B, H): post-layernorm CLS
-        image = nn.functional.normalize(self.visual_projection(pooled), dim=-1)  # (B, D)
-        logits = self.logit_scale * image @ self.class_embeddings.to(image.dtype).t()  # (B, C)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return vision_pipeline(cfg, self, tokenizer, accelerator, run_dir)
 
 
 def random_resized_crop(image, size: int, rng: random.Random, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -239,3 +182,15 @@ def loaders(task: ImageTask, size: int, micro_batch: int, eval_batch: int, seed:
         for name in task.eval_splits
     }
     return train_loader, evals
+
+
+def vision_pipeline(cfg, task, tokenizer, accelerator, run_dir):
+    """(train loader, evaluator, main metric key) for image classification: top-1 on test and validation."""
+    t = cfg.trainer
+    train, evals = loaders(task, cfg.task.image_size, t.micro_batch_size, t.eval_batch_size, t.seed, t.num_workers)
+    prepared = {name: accelerator.prepare(loader) for name, loader in evals.items()}
+
+    def evaluator(model, step):
+        return evaluate(model, prepared, task, accelerator)
+
+    return train, evaluator, f"{task.eval_splits[0]}/{task.main_metric}"
