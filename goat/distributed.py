@@ -1,5 +1,5 @@
 """What the trainer does differently under DeepSpeed ZeRO (`accelerate launch --config_file
-configs/accelerate/zero2.yaml` or `zero3.yaml`) and FSDP2 (`fsdp.yaml`); DDP needs nothing beyond Accelerate.
+goat/configs/accelerate/zero2.yaml` or `zero3.yaml`) and FSDP2 (`fsdp.yaml`); DDP needs nothing beyond Accelerate.
 
 - The batch settings of the DeepSpeed config come from goat's trainer (micro-batch, accumulation, global
   batch) and so does gradient clipping: the YAML files leave them alone.
@@ -180,7 +180,7 @@ def process_state(cpu: bool):
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and fsdp_version != "2":
         raise ConfigError(
             f"FSDP version {fsdp_version} is not supported: set fsdp_version: 2 in the accelerate config "
-            "(configs/accelerate/fsdp.yaml does)"
+            "(goat/configs/accelerate/fsdp.yaml does)"
         )
     deepspeed_on_cpu = not cpu and _launched_on_cpu("DEEPSPEED")
     state = PartialState(cpu=cpu or _launched_on_cpu("FSDP"), **({"backend": "gloo"} if deepspeed_on_cpu else {}))
@@ -189,7 +189,7 @@ def process_state(cpu: bool):
         raise ConfigError(
             f"{launched} processes were launched, and Accelerate sees {state.num_processes} with distributed "
             f"type {state.distributed_type.value}: the processes would train unsynchronised. Launch with "
-            "accelerate launch --config_file configs/accelerate/ddp.yaml on GPUs, or torchrun with trainer=cpu "
+            "accelerate launch --config_file goat/configs/accelerate/ddp.yaml on GPUs, or torchrun with trainer=cpu "
             "on a machine without GPUs"
         )
     return state

@@ -1,4 +1,4 @@
-"""goat-grid: the runs behind a paper table or figure (data/paper_results.yaml), run one after another.
+"""goat-grid: the runs behind a paper table or figure (goat/paper_results.yaml), run one after another.
 
 Each run is one `goat-train` with the variant's overrides, in <runs>/<task>/<variant>/seed<k>. A finished
 run (results.json) is skipped, an interrupted one resumes from its newest checkpoint (resume=auto), so the
@@ -82,7 +82,7 @@ def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
         if row in skipped:
             continue
         if row not in spec["variants"]:
-            raise GridError(f"{name}: row {row!r} is not a variant of data/paper_results.yaml")
+            raise GridError(f"{name}: row {row!r} is not a variant of goat/paper_results.yaml")
         for column in table["columns"]:
             for source, leaf in leaf_columns(spec, name, column):
                 extra = spec["tables"][source].get("overrides", [])
@@ -101,7 +101,7 @@ def _no_overruled_variant(table: str, row: str, variant: list[str], later: list[
     if clash:
         raise GridError(
             f"{table}: row {row!r} sets {', '.join(clash)}, which the table's or a column's overrides set too and "
-            "would overrule; set it in one place (data/paper_results.yaml)"
+            "would overrule; set it in one place (goat/paper_results.yaml)"
         )
 
 

@@ -1,4 +1,4 @@
-"""The paper's tables and figures as data (data/paper_results.yaml): where each cell's runs live.
+"""The paper's tables and figures as data (goat/paper_results.yaml): where each cell's runs live.
 
 Shared by goat-grid (which runs the cells) and goat-report (which reads them back), so that both agree on
 one layout: <runs root>/<table's runs folder>/<task>/<variant>/seed<k>/results.json.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "paper_results.yaml"
+SPEC_FILE = Path(__file__).resolve().parent / "paper_results.yaml"
 RESULTS_FILE = "results.json"  # what goat-train writes when a run finished
 
 

@@ -32,7 +32,7 @@ fi
 
 # the table's runs folder below $RUNS (a table may share another's: small_sweep_rank writes into small_sweep)
 folder=$(python3 -c "import sys; from goat.tables import load_spec, runs_folder; print(runs_folder(load_spec(), sys.argv[1], sys.argv[2]))" "$TABLE" "$RUNS") \
-  || { echo "cannot read the runs folder of $TABLE from data/paper_results.yaml"; exit 5; }
+  || { echo "cannot read the runs folder of $TABLE from goat/paper_results.yaml"; exit 5; }
 prune() {
   find "$folder" -name results.json -printf '%h\n' 2>/dev/null \
     | while read -r run; do rm -rf "$run/checkpoints" "$run/final"; done

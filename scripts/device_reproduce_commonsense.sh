@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # reproduce-small-commonsense on a lent GPU machine (the `device` tool): the small_commonsense grid of
-# data/paper_results.yaml (SmolLM2-135M-Instruct, 11 methods x 4 commonsense tasks), split over every visible GPU,
+# goat/paper_results.yaml (SmolLM2-135M-Instruct, 11 methods x 4 commonsense tasks), split over every visible GPU,
 # WORKERS runs at once (a 135M model leaves a GPU mostly idle: kernel launches, not FLOPs, bound its steps).
 # The machine has torch, transformers and accelerate but no hub and not all of goat's dependencies. Carry:
 #   scratch/gguf_wheel         the gguf wheel (py3-none-any), which scripts/convert_gguf.py needs

@@ -78,7 +78,7 @@ def run(name: str, config: str | None, processes: int, args, extra: list[str]) -
             "-m",
             "accelerate.commands.launch",
             "--config_file",
-            f"configs/accelerate/{config}.yaml",
+            f"goat/configs/accelerate/{config}.yaml",
         ]
         command += ["--num_processes", str(processes), "-m", "goat.cli", *overrides]
     start = time.perf_counter()

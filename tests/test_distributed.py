@@ -16,11 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from goat.cli import CONFIG_DIR
 from tests.conftest import tiny_run_overrides
 from tests.test_instruction_e2e import data_and_model  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((CONFIG_DIR / "accelerate").glob("*.yaml"))
 # Dropout off: each process draws its own masks, so with dropout the runs agree only up to noise.
 NO_DROPOUT = [
     "+model.config_overrides.hidden_dropout_prob=0.0",
@@ -166,7 +167,7 @@ def test_deepspeed_zero_trains_what_one_process_trains_and_resumes_exactly(
     adapter as one plain process, and a resume from a mid-run checkpoint (each process's optimizer part)
     finishes on the uninterrupted run's adapter."""
     pytest.importorskip("deepspeed")
-    _, env = launch_env(ROOT / "configs" / "accelerate" / f"zero{stage}.yaml")
+    _, env = launch_env(CONFIG_DIR / "accelerate" / f"zero{stage}.yaml")
     env = {k: v for k, v in env.items() if k.startswith("ACCELERATE")} | {"ACCELERATE_MIXED_PRECISION": "no"}
     common = [*NO_DROPOUT, "trainer.max_steps=12", "trainer.log_every_steps=1", "trainer.save_every_steps=6"]
     plain = tmp_path / "plain"
@@ -190,7 +191,7 @@ def test_deepspeed_zero_trains_what_one_process_trains_and_resumes_exactly(
 
 
 def fsdp_env() -> dict:
-    _, env = launch_env(ROOT / "configs" / "accelerate" / "fsdp.yaml")
+    _, env = launch_env(CONFIG_DIR / "accelerate" / "fsdp.yaml")
     keep = {k: v for k, v in env.items() if k.startswith(("ACCELERATE", "FSDP"))}
     return keep | {"ACCELERATE_MIXED_PRECISION": "no"}
 

@@ -1,12 +1,11 @@
 """The method registry, its presets and the checks that run before any model is loaded."""
 
-from pathlib import Path
-
 import pytest
 
 from goat.adapters import METHODS, AdapterConfig, method_config, validate
+from goat.cli import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+CONFIGS = CONFIG_DIR / "method"
 
 
 def test_registry_equals_shipped_method_configs():

@@ -1,7 +1,7 @@
 """AdapterConfig: every knob of GOAT and its baselines, with the paper's defaults.
 
 Defaults follow `goat-method.md` ("goat's decisions" 1-4): they reproduce what produced the paper's
-numbers. Method presets (the `configs/method/*.yaml` files) override a few of them per method.
+numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few of them per method.
 """
 
 from __future__ import annotations
