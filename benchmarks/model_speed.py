@@ -40,6 +40,7 @@ import peft
 import torch
 import transformers
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig, LlamaForCausalLM, StaticCache
 
 from goat.adapters import apply_adapter, auxiliary_loss, method_config
@@ -268,9 +269,32 @@ def measure_training(run: Run, method: str, mode: str, adapted: Adapted) -> None
                    "tokens_per_s": batch["input_ids"].numel() / (median_ms / 1e3), "peak_gib": peak,
                    "first_step_s": first_s, "init_s": adapted.init_s, "syncs": host_syncs(step) if cuda else None,
                    "trainable": adapted.trainable}
+            if run.args.profile:
+                row["kernels"] = profile_step(run, step, f"{method} {mode} {shape}")
         run.record("train", row)
         log(f"train {method} {mode} {shape}: {median_ms:.1f} ms, {row['tokens_per_s']:.0f} tok/s, first step "
             f"{first_s:.1f} s, peak {fmt(peak)} GiB, syncs {fmt(row['syncs'], 'd')}")
+
+
+def profile_step(run: Run, step, title: str) -> int:
+    """One step under torch.profiler: appends its busiest kernels to <out>/profiles.txt; returns the number of
+    device kernels it launched (on the CPU: the number of operator calls)."""
+    cuda = run.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(run.device)
+    events = prof.events()
+    if cuda:
+        launched = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    else:
+        launched = len(events)
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=90)
+    path = Path(run.args.out) / "profiles.txt"
+    with path.open("a") as out:
+        out.write(f"## {title}: {launched} {'kernels' if cuda else 'operator calls'}\n\n{table}\n\n")
+    return launched
 
 
 # ----- decoding -----
@@ -479,6 +503,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pissa-peft-svd", action="store_true", help="PiSSA init by PEFT's full SVD per matrix")
     parser.add_argument("--fresh-static-cache", action="store_true",
                         help="fast path: a new static cache per generate (transformers' default) instead of one reused")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one training step per row: kernel count in the json, busiest kernels in "
+                             "<out>/profiles.txt")
     parser.add_argument("--svd-cache", type=Path, help="SVD cache directory (default none: every init s is cold)")
     args = parser.parse_args(argv)
     for key, value in PROFILES["tiny" if args.tiny else "full"].items():

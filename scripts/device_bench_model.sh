@@ -5,6 +5,8 @@
 #   PART=decode    lora, goat, molora, hydralora, adamole: greedy decoding, batch 8 and 64, fast path and eager
 #   PART=dropout   what per-expert dropout costs, 8 blocks at 4x512: lora and goat with and without dropout, goat
 #                  with one mask per token (decides whether a fused Triton dropout kernel is worth writing)
+#   PART=graphs    lora, goat, molora at 4x512: default and reduce-overhead (CUDA graphs), one step of each profiled
+#                  (kernel counts in the json, the busiest kernels in profiles.txt): is goat's extra time launches?
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
 #                  micro-batch 4 x 512 tokens, compiled, 40 steps + a short generation evaluation
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
@@ -16,7 +18,7 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | recipe}
+PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | recipe}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -26,6 +28,8 @@ case "$PART" in
   train-b) bench --methods lora,hydralora,adamole,dora,pissa --decode-batches '' ;;
   decode)  bench --methods lora,goat,molora,hydralora,adamole --shapes '' ;;
   dropout) bench --methods lora,lora-nodrop,goat,goat-shared,goat-nodrop --layers 8 --shapes 4x512 --decode-batches '' ;;
+  graphs)  bench --methods lora,goat,molora --modes default,reduce-overhead --shapes 4x512 --decode-batches '' \
+             --svd-cache /tmp/svd --profile ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2

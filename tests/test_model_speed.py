@@ -47,7 +47,7 @@ def load_script():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One --tiny run of the script in a fresh process: (results json, markdown, stdout)."""
+    """One --tiny run of the script in a fresh process: (results json, markdown, stdout, output folder)."""
     tmp = tmp_path_factory.mktemp("model_speed")
     layer = tmp / "layer.py"
     layer.write_text(STAND_IN_LAYER)
@@ -55,11 +55,11 @@ def tiny_run(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--methods", ",".join(METHODS),
-         "--official-layer", str(layer)],
+         "--official-layer", str(layer), "--profile"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "model_speed.json").read_text()), (out / "model_speed.md").read_text(), done.stdout
+    return json.loads((out / "model_speed.json").read_text()), (out / "model_speed.md").read_text(), done.stdout, out
 
 
 def finite_positive(value) -> bool:
@@ -67,7 +67,7 @@ def finite_positive(value) -> bool:
 
 
 def test_every_method_has_a_finite_training_row_with_consistent_tokens_per_second(tiny_run):
-    results, _, _ = tiny_run
+    results, *_ = tiny_run
     rows = {r["method"]: r for r in results["train"]}
     assert sorted(rows) == sorted(METHODS) and len(results["train"]) == len(METHODS)  # --tiny: eager, one shape
     for method, row in rows.items():
@@ -82,7 +82,7 @@ def test_every_method_has_a_finite_training_row_with_consistent_tokens_per_secon
 
 
 def test_every_method_has_decoding_rows_and_only_eager_only_methods_lack_the_fast_path(tiny_run):
-    results, _, _ = tiny_run
+    results, *_ = tiny_run
     rows = {r["method"]: r for r in results["decode"]}
     assert sorted(rows) == sorted(METHODS)
     for method, row in rows.items():
@@ -97,7 +97,7 @@ def test_every_method_has_decoding_rows_and_only_eager_only_methods_lack_the_fas
 
 
 def test_markdown_has_both_tables_with_a_line_per_method(tiny_run):
-    results, markdown, stdout = tiny_run
+    results, markdown, stdout, _ = tiny_run
     training, decoding = markdown.split("### Greedy decoding")
     assert "### Training step, micro-batch 2x16" in training
     for method in METHODS:
@@ -106,6 +106,16 @@ def test_markdown_has_both_tables_with_a_line_per_method(tiny_run):
     assert "| lora | eager | " in training and "| 1.00 | 1.00 |" in training  # lora against itself
     assert results["env"]["device"] == "cpu" and results["env"]["torch"]
     assert markdown in stdout  # the tables are printed as they are written
+
+
+def test_profile_counts_each_rows_operations_and_writes_its_busiest(tiny_run):
+    results, *_, out = tiny_run
+    calls = {r["method"]: r["kernels"] for r in results["train"]}
+    assert all(isinstance(n, int) and n > 0 for n in calls.values()), calls
+    assert calls["goat"] > calls["lora"]  # routing adds operations to every adapted layer
+    profiles = (out / "profiles.txt").read_text()
+    assert profiles.count("## ") == len(METHODS)
+    assert f"## goat eager 2x16: {calls['goat']} operator calls" in profiles
 
 
 def test_missing_official_layer_gives_a_row_that_says_why(tmp_path):
