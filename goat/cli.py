@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from goat.config import RunConfig
+from goat.config import ConfigError, RunConfig, first_domain_error
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("task", "method", "model", "trainer", "logger")
@@ -68,7 +68,10 @@ def with_config_dirs(argv: list[str]) -> list[str]:
         if arg == "--config-dir":
             arg = "--config-dir=" + next(args, "")
         if arg.startswith("--config-dir="):
-            folder = Path(arg.split("=", 1)[1]).expanduser().resolve()
+            given = arg.split("=", 1)[1]
+            if not given:
+                raise OverrideError("--config-dir needs a folder: --config-dir DIR")
+            folder = Path(given).expanduser().resolve()
             if not folder.is_dir():
                 raise OverrideError(f"--config-dir: {str(folder)!r} is not a folder")
             added.append(f"file://{folder}")
@@ -195,8 +198,6 @@ def _write_traceback(program: str) -> Path:
 def _train(argv: list[str], show: bool) -> int:
     from omegaconf import OmegaConf
 
-    from goat.config import first_domain_error
-
     logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
     try:
         cfg = compose(argv)
@@ -211,7 +212,6 @@ def _train(argv: list[str], show: bool) -> int:
         print(f"goat-train: {problem}", file=sys.stderr)
         return 2
     from goat.checkpoint import CheckpointError
-    from goat.config import ConfigError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError
     from goat.train import train
