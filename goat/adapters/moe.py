@@ -57,14 +57,14 @@ class TopKGate(Gate):
         self.top_k = top_k
 
     def forward(self, probs, x):
-        rank = expert_rank(probs)  # (T, E)
+        rank = descending_rank(probs)  # (T, E)
         selected = rank < self.top_k
         values = torch.where(selected, probs, 0.0)
         gates = values / values.sum(dim=-1, keepdim=True)
         return gates, selected.to(probs.dtype), probs, rank
 
 
-def expert_rank(probs: torch.Tensor) -> torch.Tensor:
+def descending_rank(probs: torch.Tensor) -> torch.Tensor:
     """(T, E) -> (T, E) int64: how many experts of the token come before each one in descending order (ties: the
     lower index first); the top-k experts are those of rank < k, slot j of top-k holds the expert of rank j."""
     experts = torch.arange(probs.shape[-1], device=probs.device)
