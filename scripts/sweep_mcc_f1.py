@@ -43,12 +43,28 @@ def main() -> None:
         rates = {lr: s for lr, s in rates.items() if len(s) == 3}
         best = max(sorted(rates, key=float), key=lambda lr: statistics.mean(rates[lr].values()))
         values = list(rates[best].values())
-        rows.append({"grid": "small_sweep", "row": row, "metric": METRICS[task][0], "lr": best,
-                     "mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2)})
+        rows.append(
+            {
+                "grid": "small_sweep",
+                "row": row,
+                "metric": METRICS[task][0],
+                "lr": best,
+                "mean": round(statistics.mean(values), 2),
+                "std": round(statistics.stdev(values), 2),
+            }
+        )
     for (row, task), seeds in sorted(ablation.items()):
         values = list(seeds.values())
-        rows.append({"grid": "small_sweep_ablation", "row": row, "metric": METRICS[task][0], "lr": "6e-4",
-                     "mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2)})
+        rows.append(
+            {
+                "grid": "small_sweep_ablation",
+                "row": row,
+                "metric": METRICS[task][0],
+                "lr": "6e-4",
+                "mean": round(statistics.mean(values), 2),
+                "std": round(statistics.stdev(values), 2),
+            }
+        )
     with open(FOLDER / "sweep_mcc_f1.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

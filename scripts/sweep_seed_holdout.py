@@ -67,12 +67,18 @@ def main() -> None:
             lr = pick(rates, [t for t in seeds if t != s])
             held.append((s, lr, rates[lr][s]))
         held_out = mean(score for _, _, score in held)
-        rows.append({
-            "row": row, "task": task, "rates": " ".join(sorted(rates, key=float)),
-            "reported_lr": best, "reported": round(reported, 4),
-            "held_out_lrs": " ".join(f"seed{s}:{lr}" for s, lr, _ in held),
-            "held_out": round(held_out, 4), "cost": round(reported - held_out, 4),
-        })
+        rows.append(
+            {
+                "row": row,
+                "task": task,
+                "rates": " ".join(sorted(rates, key=float)),
+                "reported_lr": best,
+                "reported": round(reported, 4),
+                "held_out_lrs": " ".join(f"seed{s}:{lr}" for s, lr, _ in held),
+                "held_out": round(held_out, 4),
+                "cost": round(reported - held_out, 4),
+            }
+        )
     with open(FOLDER / "sweep_seed_holdout.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -84,12 +90,15 @@ def main() -> None:
             continue
         reported = mean(c["reported"] for c in cells.values())
         held_out = mean(c["held_out"] for c in cells.values())
-        summary[row] = {"reported_avg": round(reported, 2), "held_out_avg": round(held_out, 2),
-                        "cost": round(reported - held_out, 2)}
+        summary[row] = {
+            "reported_avg": round(reported, 2),
+            "held_out_avg": round(held_out, 2),
+            "cost": round(reported - held_out, 2),
+        }
     out = {
         "what": "CoLA + MRPC average dev accuracy of small_sweep's rows: rate chosen on the 3 reported seeds "
-                "(reported_avg, the tables) against rate chosen on 2 seeds and scored on the third, averaged over "
-                "the 3 held-out seeds (held_out_avg); cost = reported_avg - held_out_avg",
+        "(reported_avg, the tables) against rate chosen on 2 seeds and scored on the third, averaged over "
+        "the 3 held-out seeds (held_out_avg); cost = reported_avg - held_out_avg",
         "source": "docs/results/small-sweep-h100/runs-results.tgz (final validation/accuracy of each results.json)",
         "script": "scripts/sweep_seed_holdout.py",
         "rows": summary,

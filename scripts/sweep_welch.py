@@ -11,12 +11,18 @@ from __future__ import annotations
 import csv
 
 from scipy.stats import ttest_ind
-
 from sweep_seed_holdout import FOLDER, load_runs, mean, pick
 
 PAIRS = [  # (a, b): the comparisons docs/results.md quotes
-    ("goat", "lora"), ("goat", "lora_r8"), ("goat_k4", "goat"), ("goat_k4", "lora_r16"), ("goat_k4", "lora"),
-    ("goat_k8", "lora"), ("goat", "molora"), ("goat_k4", "molora_k4"), ("goat_k8", "molora_k8"),
+    ("goat", "lora"),
+    ("goat", "lora_r8"),
+    ("goat_k4", "goat"),
+    ("goat_k4", "lora_r16"),
+    ("goat_k4", "lora"),
+    ("goat_k8", "lora"),
+    ("goat", "molora"),
+    ("goat_k4", "molora_k4"),
+    ("goat_k8", "molora_k8"),
 ]
 
 
@@ -32,11 +38,19 @@ def main() -> None:
                 lr = pick(rates, seeds)
                 scores[name] = (lr, [rates[lr][s] for s in seeds])
             result = ttest_ind(scores[a][1], scores[b][1], equal_var=False)
-            rows.append({
-                "a": a, "b": b, "task": task, "a_lr": scores[a][0], "b_lr": scores[b][0],
-                "a_mean": round(mean(scores[a][1]), 2), "b_mean": round(mean(scores[b][1]), 2),
-                "diff": round(mean(scores[a][1]) - mean(scores[b][1]), 2), "welch_p": round(float(result.pvalue), 3),
-            })
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "task": task,
+                    "a_lr": scores[a][0],
+                    "b_lr": scores[b][0],
+                    "a_mean": round(mean(scores[a][1]), 2),
+                    "b_mean": round(mean(scores[b][1]), 2),
+                    "diff": round(mean(scores[a][1]) - mean(scores[b][1]), 2),
+                    "welch_p": round(float(result.pvalue), 3),
+                }
+            )
     with open(FOLDER / "sweep_welch.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
