@@ -78,7 +78,8 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     lines += [f"Each cell: {legend}; ours is mean ± std over seeds when several ran; — : no finished run.", ""]
     oracles = {row: [] for row in cells}
     if table.get("sweep"):
-        lines += [selection_legend(spec, name), ""]
+        chosen_on = {cell.chosen_on for row_cells in cells.values() for cell in row_cells if cell.chosen_on}
+        lines += [selection_legend(spec, name, chosen_on), ""]
         names, oracles = [*names, *(f"{n} (oracle)" for n in oracle_names(table))], oracle_cells(spec, root, name)
         names.append("chosen on")
     lines += ["| method | " + " | ".join(names) + " | seeds |", "|---|" + "---|" * (len(names) + 1)]
@@ -106,16 +107,25 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def selection_legend(spec: dict, name: str) -> str:
-    """Which split chose a swept table's cells and which split they report."""
+def selection_legend(spec: dict, name: str, chosen_on: set[str]) -> str:
+    """Which split chose a swept table's cells and which split they report; `chosen_on`: the cells' labels."""
     table = spec["tables"][name]
     key = table["sweep"]["key"]
+    rule = (
+        f"the {key} whose mean over the seeds (those every {key} has) is best on {heldout_rows(table)} training rows "
+        "held out from the task (task.heldout_size, never trained on)"
+    )
+    if chosen_on == {ORACLE}:
+        lead = (
+            f"Chosen on: the reported split itself (oracle) in every cell, as column 'chosen on' says: these runs held "
+            f"out no training rows. Runs of this table now hold them out, and a cell is {rule}."
+        )
+    else:
+        lead = f"Chosen on: per method and column, {rule}; column 'chosen on' names it."
     return (
-        f"Chosen on: per method and column, the {key} whose mean over the seeds (those every {key} has) is best on "
-        f"{heldout_rows(table)} training rows held out from the task (task.heldout_size, never trained on; column "
-        f"'chosen on'). Reported: the dev/test split's {table.get('metric', 'accuracy')} at that {key}. The oracle "
+        f"{lead} Reported: the dev/test split's {table.get('metric', 'accuracy')} at the chosen {key}. The oracle "
         f"columns choose on the reported split itself: optimistic, for comparison only. Runs that held out no rows "
-        f"can only be chosen the oracle way and say '{ORACLE}'."
+        f"can only be chosen that way and say '{ORACLE}'."
     )
 
 

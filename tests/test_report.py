@@ -243,6 +243,7 @@ def test_swept_runs_without_heldout_rows_are_labelled_oracle_and_mixed_runs_refu
         "| lora | 79.00 ± 1.41 (n=2) @ lr1e-3 | 79.00 ± 1.41 (n=2) @ lr1e-3 | reported split (oracle) | 0,1 |"
     )
     assert "held-out training rows (these choose)" not in text
+    assert "Chosen on: the reported split itself (oracle) in every cell" in text
     write_run(
         tmp_path / "t",
         "glue/cola",
