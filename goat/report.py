@@ -80,8 +80,8 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     if table.get("sweep"):
         chosen_on = {cell.chosen_on for row_cells in cells.values() for cell in row_cells if cell.chosen_on}
         lines += [selection_legend(spec, name, chosen_on), ""]
-        names, oracles = [*names, *(f"{n} (oracle)" for n in oracle_names(table))], oracle_cells(spec, root, name)
-        names.append("chosen on")
+        oracles = oracle_cells(spec, root, name)
+        names = [*names, *(f"{n} (oracle)" for n in oracle_names(table)), "chosen on"]
     lines += ["| method | " + " | ".join(names) + " | seeds |", "|---|" + "---|" * (len(names) + 1)]
     not_run = set(table.get("not_run", []))
     for row, row_cells in cells.items():
