@@ -63,7 +63,7 @@ reproduce-small:  ## offline MiniLM on Rotten Tomatoes + GLUE slices (DATA=../sh
 
 WORKERS ?= 1
 SWEEP_TABLES = small_sweep small_sweep_ablation small_sweep_rank
-reproduce-small-sweep:  ## every method at 4 learning rates on full CoLA/MRPC, GOAT's knobs, rank per token (GPU: WORKERS=8, SEEDS=0,1,2)
+reproduce-small-sweep:  ## every method at 4 learning rates on CoLA/MRPC, chosen on 500 held-out train rows; GOAT's knobs, rank per token (GPU: WORKERS=8, SEEDS=0,1,2)
 	for table in $(SWEEP_TABLES); do \
 	  $(PYTHON) -m goat.grid $$table --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
 	    $(if $(METHODS),--methods '$(METHODS)') $(if $(DRY_RUN),--dry-run) || exit 1; \

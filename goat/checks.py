@@ -16,7 +16,7 @@ from goat.adapters import method_config, validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
 from goat.config import ConfigError, adapter_overrides, first_domain_error
 from goat.schedule import SCHEDULES
-from goat.tasks import LOADERS
+from goat.tasks import HELDOUT_LOADERS, LOADERS
 from goat.tasks.instruction import DECODINGS
 from goat.tracking import LOGGER_BACKENDS
 
@@ -52,6 +52,11 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"trainer.compile=reduce-overhead records one CUDA graph per batch shape; with "
             f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} every sequence length is a new graph: set "
             "trainer.pad_to_multiple_of=64 (or another bucket width)"
+        )
+    if cfg.task.heldout_size and cfg.task.loader not in HELDOUT_LOADERS:  # its domain (>= 0) is checked above
+        raise ConfigError(
+            f"task.heldout_size={cfg.task.heldout_size}: task.loader={cfg.task.loader} cannot hold out training rows; "
+            f"use 0, or a loader that can: {', '.join(HELDOUT_LOADERS)}"
         )
     if cfg.task.num_samples > 1 and cfg.task.decoding != "sample":  # its domain (>= 1) is checked above
         raise ConfigError(

@@ -39,6 +39,10 @@ class TaskConfig:
     max_length: int = ranged(128, POSITIVE_INT)  # tokens
     max_train_samples: int | None = ranged(None, POSITIVE_INT)  # a seeded random subset (spec: shuffled with the seed)
     max_eval_samples: int | None = ranged(None, POSITIVE_INT)
+    # Training rows held out (never trained on) and scored after each epoch as the split "heldout", to choose a swept
+    # setting on (goat-report); drawn with the fixed goat.tasks.records.HELDOUT_SEED, the same rows for every method,
+    # learning rate and seed, before max_train_samples. 0: none. Text classification loaders (HELDOUT_LOADERS).
+    heldout_size: int = ranged(0, NON_NEGATIVE_INT)
     # Instruction tasks (commonsense, math): the training file (relative to data_dir), the test sets scored
     # after each epoch (data_dir/<set>/test.json), and the generation budget per answer.
     train_file: str | None = None

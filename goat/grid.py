@@ -29,6 +29,7 @@ from goat.tables import (
     run_dir,
     runs_folder,
     sweep_points,
+    sweep_problem,
     swept_variant,
 )
 
@@ -74,8 +75,11 @@ class Run:
 def table_grid(spec: dict, name: str) -> list[tuple[str, str, list[str]]]:
     """(task, variant, overrides without the seed) of every runnable cell; averaged columns expand to the
     cells of the table they average, for this table's rows (Table 8: GOAT-s on every task of Tables 1-4), and a
-    table with a sweep runs each cell at every value (variant <row>_lr2e-4)."""
+    table with a sweep runs each cell at every value (variant <row>_lr2e-4), holding out sweep.heldout training rows
+    to choose on."""
     table = spec["tables"][name]
+    if sweep_problem(table):
+        raise GridError(sweep_problem(table))
     skipped = set(table.get("not_run", []))
     cells = []
     for row in table["rows"]:

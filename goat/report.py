@@ -13,9 +13,10 @@ import io
 import statistics
 from pathlib import Path
 
-from goat.results import Cell, finished_runs, leaf_cell, sweep_cells
+from goat.results import ORACLE, Cell, finished_runs, leaf_cell, sweep_cells, swept_choice
 from goat.tables import (
     cell_variant,
+    heldout_rows,
     leaf_columns,
     load_spec,
     runs_folder,
@@ -74,12 +75,14 @@ def markdown(spec: dict, root: Path, name: str) -> str:
         lines += [table["note"], ""]
     with_paper = any(cell.paper is not None for row_cells in cells.values() for cell in row_cells)
     legend = "ours / paper (ours − paper)" if with_paper else "ours (no paper numbers)"
-    lines += [
-        f"Each cell: {legend}; ours is mean ± std over seeds when several ran; — : no finished run.",
-        "",
-        "| method | " + " | ".join(names) + " | seeds |",
-        "|---|" + "---|" * (len(names) + 1),
-    ]
+    lines += [f"Each cell: {legend}; ours is mean ± std over seeds when several ran; — : no finished run.", ""]
+    oracles = {row: [] for row in cells}
+    if table.get("sweep"):
+        chosen_on = {cell.chosen_on for row_cells in cells.values() for cell in row_cells if cell.chosen_on}
+        lines += [selection_legend(spec, name, chosen_on), ""]
+        oracles = oracle_cells(spec, root, name)
+        names = [*names, *(f"{n} (oracle)" for n in oracle_names(table)), "chosen on"]
+    lines += ["| method | " + " | ".join(names) + " | seeds |", "|---|" + "---|" * (len(names) + 1)]
     not_run = set(table.get("not_run", []))
     for row, row_cells in cells.items():
         parts = []
@@ -90,6 +93,9 @@ def markdown(spec: dict, root: Path, name: str) -> str:
             paper = "" if cell.paper is None else f"{cell.paper:.2f}"
             diff = "" if cell.diff is None else f" ({cell.diff:+.2f})"
             parts.append(f"{cell.ours() or '—'} / {paper}{diff}")
+        parts += [cell.ours() or "—" for cell in oracles[row]]
+        if table.get("sweep"):
+            parts.append("; ".join(sorted({c.chosen_on for c in row_cells if c.chosen_on})) or "—")
         seeds = sorted(set().union(*(c.seeds for c in row_cells)))
         label = f"{row} (not run)" if row in not_run else row
         lines.append(f"| {label} | " + " | ".join(parts) + f" | {','.join(map(str, seeds))} |")
@@ -101,9 +107,52 @@ def markdown(spec: dict, root: Path, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selection_legend(spec: dict, name: str, chosen_on: set[str]) -> str:
+    """Which split chose a swept table's cells and which split they report; `chosen_on`: the cells' labels."""
+    table = spec["tables"][name]
+    key = table["sweep"]["key"]
+    rule = (
+        f"the {key} whose mean over the seeds (those every {key} has) is best on {heldout_rows(table)} training rows "
+        "held out from the task (task.heldout_size, never trained on)"
+    )
+    if chosen_on == {ORACLE}:
+        lead = (
+            f"Chosen on: the reported split itself (oracle) in every cell, as column 'chosen on' says: these runs held "
+            f"out no training rows. Runs of this table now hold them out, and a cell is {rule}."
+        )
+    else:
+        lead = f"Chosen on: per method and column, {rule}; column 'chosen on' names it."
+    return (
+        f"{lead} Reported: the dev/test split's {table.get('metric', 'accuracy')} at the chosen {key}. The oracle "
+        f"columns choose on the reported split itself: optimistic, for comparison only. Runs that held out no rows "
+        f"can only be chosen that way and say '{ORACLE}'."
+    )
+
+
+def oracle_names(table: dict) -> list[str]:
+    """The oracle columns of a swept table: each column's name, and Avg where the table has one."""
+    names = [column["name"] for column in table["columns"] if "mean_of" not in column]
+    return [*names, "Avg"] if table.get("average", True) and len(names) > 1 else names
+
+
+def oracle_cells(spec: dict, root: Path, name: str) -> dict[str, list[Cell]]:
+    """row -> the oracle cell of each column (the point best on the reported split), and their average."""
+    table = spec["tables"][name]
+    columns = [column for column in table["columns"] if "mean_of" not in column]
+    out = {}
+    for row in table["rows"]:
+        cells = [swept_choice(spec, root, name, column, row)[1] for column in columns]
+        if len(oracle_names(table)) > len(cells):
+            means = [cell.mean for cell in cells]
+            cells.append(Cell(values=[statistics.mean(means)] if None not in means else []))
+        out[row] = cells
+    return out
+
+
 def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
-    """Every point of a swept table: per column, one row per method and one column per swept value; the point
-    the main table chose is in bold (empty: not a value of that row's sweep; — : no finished run)."""
+    """Every point of a swept table: per column, one row per method and one column per swept value, the reported
+    split's scores, then the held-out rows' (where runs held some out); the chosen point is in bold (empty: not a
+    value of that row's sweep; — : no finished run)."""
     table = spec["tables"][name]
     sweep = table["sweep"]
     ordered = sorted({value for row in table["rows"] for value in sweep_values(table, row)}, key=float)
@@ -111,36 +160,45 @@ def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
     for column in table["columns"]:
         if "mean_of" in column:
             continue
-        lines += [
-            "",
-            f"### {column['name']} at each {sweep['key']}",
-            "",
-            "| method | " + " | ".join(ordered) + " |",
-            "|---|" + "---|" * len(ordered),
-        ]
-        for row in table["rows"]:
-            points = sweep_cells(spec, root, name, column, row)
-            best = leaf_cell(spec, root, name, column, row).chosen
-            parts = []
-            for value in ordered:
-                suffix = f"{sweep['suffix']}{value}"
-                cell = points.get(suffix)
-                text = "" if cell is None else (cell.ours() or "—")
-                parts.append(f"**{text}**" if suffix == best and text else text)
-            lines.append(f"| {row} | " + " | ".join(parts) + " |")
+        points = {row: sweep_cells(spec, root, name, column, row) for row in table["rows"]}
+        chosen = {row: leaf_cell(spec, root, name, column, row).chosen for row in table["rows"]}
+        held = {
+            row: {s: Cell(values=c.selection) if c.selection_mean is not None else Cell() for s, c in cells.items()}
+            for row, cells in points.items()
+        }
+        captions = [(f"### {column['name']} at each {sweep['key']} (reported split)", points)]
+        if any(cell.values for cells in held.values() for cell in cells.values()):
+            captions.append(
+                (f"### {column['name']} at each {sweep['key']}: held-out training rows (these choose)", held)
+            )
+        for caption, by_row in captions:
+            lines += ["", caption, "", "| method | " + " | ".join(ordered) + " |", "|---|" + "---|" * len(ordered)]
+            for row, cells in by_row.items():
+                parts = []
+                for value in ordered:
+                    suffix = f"{sweep['suffix']}{value}"
+                    text = "" if suffix not in cells else (cells[suffix].ours() or "—")
+                    parts.append(f"**{text}**" if suffix == chosen[row] and text else text)
+                lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return lines
 
 
 def csv_text(spec: dict, root: Path, name: str) -> str:
+    """One line per (method, column); a swept table adds what chose each cell and its held-out mean, an oracle line
+    per column ("CoLA oracle") and a line per point ("CoLA lr2e-4")."""
     table = spec["tables"][name]
     names, cells = _with_average(table, table_cells(spec, root, name))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header = ["method", "column", "ours_mean", "ours_std", "n", "seeds", "paper", "diff"]
-    writer.writerow([*header, "chosen"] if table.get("sweep") else header)
+    writer.writerow([*header, "chosen", "chosen_on", "heldout_mean"] if table.get("sweep") else header)
     rows = {row: list(zip(names, row_cells, strict=True)) for row, row_cells in cells.items()}
-    if table.get("sweep"):  # every point after the chosen ones: column "CoLA lr2e-4"
+    if table.get("sweep"):
+        oracles = oracle_cells(spec, root, name)
         for row in rows:
+            rows[row] += [
+                (f"{column} oracle", cell) for column, cell in zip(oracle_names(table), oracles[row], strict=True)
+            ]
             for column in table["columns"]:
                 if "mean_of" not in column:
                     points = sweep_cells(spec, root, name, column, row).items()
@@ -148,6 +206,7 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
     for row, row_cells in rows.items():
         for column, cell in row_cells:
             std = statistics.stdev(cell.values) if len(cell.values) > 1 else None
+            held = cell.selection_mean
             writer.writerow(
                 [
                     row,
@@ -159,7 +218,7 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
                     "" if cell.paper is None else cell.paper,
                     "" if cell.diff is None else cell.diff,
                 ]
-                + ([cell.chosen] if table.get("sweep") else [])
+                + ([cell.chosen, cell.chosen_on, "" if held is None else round(held, 4)] if table.get("sweep") else [])
             )
     return buffer.getvalue()
 

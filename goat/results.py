@@ -1,16 +1,23 @@
-"""A table cell from the finished runs on disk: the seeds' values of one (task, variant), the best point of a
-swept cell. goat.report (tables) and goat.figures (plots) both read runs through these; the layout of the runs
+"""A table cell from the finished runs on disk: the seeds' values of one (task, variant), and the point a swept
+cell chooses. goat.report (tables) and goat.figures (plots) both read runs through these; the layout of the runs
 and the paper's table specs are goat.tables'.
+
+A swept cell is chosen on the training rows its runs held out (task.heldout_size: results.json's "heldout" block and
+"heldout/<metric>" scores) and reports the dev/test score at that point; the point best on the reported split itself
+is kept beside it as the oracle, labelled. Runs that held out nothing (older runs) can only be chosen the oracle way,
+and say so; runs of one cell that held out different rows trained on different data and are refused.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from goat.tables import RESULTS_FILE, cell_variant, runs_folder, sweep_points, swept_variant
+
+ORACLE = "reported split (oracle)"  # what a swept cell was chosen on when it was chosen on the split it reports
 
 
 @dataclass
@@ -18,15 +25,36 @@ class Cell:
     values: list[float] = field(default_factory=list)  # one per finished seed (or the leaf means, averaged)
     seeds: list[int] = field(default_factory=list)
     paper: float | None = None
-    chosen: str = ""  # a swept table's cell: the value whose mean is best (e.g. "lr6e-4")
+    chosen: str = ""  # a swept table's cell: the value it was chosen at (e.g. "lr6e-4")
+    chosen_on: str = ""  # a swept table's cell: what chose it, the held-out rows (heldout_label) or ORACLE
+    selection: list[float | None] = field(default_factory=list)  # the held-out score of each seed, beside values
+    heldout: set[str] = field(default_factory=set)  # heldout_label of each run's held-out rows ("": none)
 
     @property
     def mean(self) -> float | None:
         return statistics.mean(self.values) if self.values else None
 
     @property
+    def selection_mean(self) -> float | None:
+        """The mean held-out score over the seeds; None unless every seed has one."""
+        if not self.selection or None in self.selection:
+            return None
+        return statistics.mean(self.selection)
+
+    @property
     def diff(self) -> float | None:
         return None if self.mean is None or self.paper is None else round(self.mean - self.paper, 2)
+
+    def on_seeds(self, seeds: set[int], chosen: str) -> Cell:
+        """This cell restricted to `seeds`, as the point `chosen` of a sweep."""
+        keep = [i for i, seed in enumerate(self.seeds) if seed in seeds]
+        return Cell(
+            [self.values[i] for i in keep],
+            [self.seeds[i] for i in keep],
+            chosen=chosen,
+            selection=[self.selection[i] for i in keep],
+            heldout=self.heldout,
+        )
 
     def ours(self) -> str:
         if not self.values:
@@ -61,6 +89,21 @@ def metric_value(results: dict, key: str | None, metric: str | None) -> float | 
     return None if value is None else float(value)
 
 
+def heldout_label(results: dict) -> str:
+    """What a run held out to choose on, as the report names it ("500 held-out training rows, seed 2"); "": nothing."""
+    held = results.get("heldout")
+    return f"{held['rows']} held-out {held['drawn_from']} rows, seed {held['seed']}" if held else ""
+
+
+def heldout_value(results: dict, key: str | None, metric: str | None) -> float | None:
+    """The column's metric on the run's held-out training rows ("heldout/accuracy"); None if it held none out."""
+    held = results.get("heldout")
+    if not held:
+        return None
+    name = key.split("/", 1)[-1] if key else metric or "accuracy"
+    return float(results["final"][f"{held['split']}/{name}"])
+
+
 def point_cell(spec: dict, root: Path, table_name: str, column: dict, variant: str) -> Cell:
     cell = Cell()
     folder = runs_folder(spec, table_name, root)
@@ -70,6 +113,8 @@ def point_cell(spec: dict, root: Path, table_name: str, column: dict, variant: s
         if value is not None:
             cell.values.append(value)
             cell.seeds.append(results.get("seed", 0))
+            cell.selection.append(heldout_value(results, column.get("key"), metric))
+            cell.heldout.add(heldout_label(results))
     return cell
 
 
@@ -82,17 +127,36 @@ def sweep_cells(spec: dict, root: Path, table_name: str, column: dict, row: str)
     }
 
 
-def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -> Cell:
-    """A column's cell; in a swept table, the point with the best mean over the seeds that every point has
-    (a lucky single seed must not win against three), blank until every point has one."""
+def swept_choice(spec: dict, root: Path, table_name: str, column: dict, row: str) -> tuple[Cell, Cell]:
+    """(chosen, oracle): a column's cell, and in a swept table the point best on the reported split itself.
+
+    Both compare means over the seeds that every point has (a lucky single seed must not win against three) and
+    stay blank until every point has one. The chosen point has the best mean held-out score (the training rows its
+    runs never trained on) and reports its dev/test score there; runs without held-out rows are chosen like the
+    oracle, labelled ORACLE. Points whose runs held out different rows are refused: they trained on different data.
+    """
     points = sweep_cells(spec, root, table_name, column, row)
     if len(points) == 1:
-        return next(iter(points.values()))
+        cell = next(iter(points.values()))
+        return cell, cell
+    held = set().union(*(cell.heldout for cell in points.values()))
+    if len(held) > 1:
+        kinds = "; ".join(sorted(label or "none held out" for label in held))
+        raise ValueError(
+            f"{table_name}: the {column['task']} runs of {row} held out different training rows ({kinds}), so they "
+            "trained on different data: keep each setting's runs in their own --runs folder"
+        )
     common = set.intersection(*(set(cell.seeds) for cell in points.values()))
     if not common:
-        return Cell()
-    restricted = []
-    for suffix, cell in points.items():
-        kept = [(value, seed) for value, seed in zip(cell.values, cell.seeds, strict=True) if seed in common]
-        restricted.append(Cell([v for v, _ in kept], [s for _, s in kept], chosen=suffix))
-    return max(restricted, key=lambda cell: cell.mean)
+        return Cell(), Cell()
+    restricted = [cell.on_seeds(common, suffix) for suffix, cell in points.items()]
+    oracle = replace(max(restricted, key=lambda cell: cell.mean), chosen_on=ORACLE)
+    label = held.pop()
+    if not label:
+        return replace(oracle), oracle
+    return replace(max(restricted, key=lambda cell: cell.selection_mean), chosen_on=label), oracle
+
+
+def leaf_cell(spec: dict, root: Path, table_name: str, column: dict, row: str) -> Cell:
+    """A column's cell; in a swept table, the point chosen on held-out rows (swept_choice)."""
+    return swept_choice(spec, root, table_name, column, row)[0]

@@ -46,11 +46,33 @@ def run_dir(folder: Path, task: str, variant: str, seed: int) -> Path:
 def sweep_points(table: dict, row: str) -> list[tuple[str, list[str]]]:
     """(variant suffix, overrides) of each point of a table's sweep for one row (a learning-rate sweep gives
     every method the same number of values; `by_row` shifts them for a row, e.g. full fine-tuning's lower rates).
+    Every point holds out the sweep's `heldout` training rows to be chosen on (task.heldout_size, goat.results).
     A table without a sweep has one point: no suffix, no override."""
     sweep = table.get("sweep")
     if not sweep:
         return [("", [])]
-    return [(f"{sweep['suffix']}{value}", [f"{sweep['key']}={value}"]) for value in sweep_values(table, row)]
+    held = f"task.heldout_size={heldout_rows(table)}"
+    return [(f"{sweep['suffix']}{value}", [held, f"{sweep['key']}={value}"]) for value in sweep_values(table, row)]
+
+
+def heldout_rows(table: dict) -> int:
+    """The training rows each run of a swept table holds out, to choose the swept value on (sweep.heldout)."""
+    problem = sweep_problem(table)
+    if problem:
+        raise ValueError(problem)
+    return table["sweep"]["heldout"]
+
+
+def sweep_problem(table: dict) -> str | None:
+    """Why a table's sweep cannot be run or chosen fairly, or None (no sweep, or a sound one)."""
+    sweep = table.get("sweep")
+    rows = (sweep or {}).get("heldout")
+    if sweep is None or (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0):
+        return None
+    return (
+        f"{table.get('title', 'a swept table')}: sweep.heldout must be a count of training rows to hold out and "
+        f"choose the swept value on (task.heldout_size), got {rows!r}"
+    )
 
 
 def sweep_values(table: dict, row: str) -> list[str]:

@@ -25,6 +25,7 @@ from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import check_config, check_model, check_output_dir, check_same_run
 from goat.config import ConfigError
 from goat.tasks import load_task
+from goat.tasks.records import HELDOUT_SEED, HELDOUT_SPLIT
 
 logger = logging.getLogger("goat")
 RESULTS = "results.json"
@@ -179,6 +180,7 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "random_weights": cfg.model.from_config,
         "seed": cfg.trainer.seed,
         "main_metric": main,
+        "heldout": _heldout(cfg.task.heldout_size),
         "final": state.history[-1] if state.history else None,
         "best": state.best,
         "majority_baseline": getattr(task, "majority_baseline", None),
@@ -189,6 +191,14 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.params),  # ZeRO-3: whole
         "history": state.history,
     }
+
+
+def _heldout(size: int) -> dict | None:
+    """What the "heldout/<metric>" scores in the evaluations were measured on (None: no rows were held out); goat-report
+    chooses a swept setting on them."""
+    if not size:
+        return None
+    return {"split": HELDOUT_SPLIT, "rows": size, "drawn_from": "train", "seed": HELDOUT_SEED}
 
 
 def _peak_memory_gb() -> float | None:

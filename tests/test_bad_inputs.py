@@ -74,6 +74,11 @@ CONFIG_CASES = {
     "batch not a multiple": (["trainer.batch_size=20"], r"batch_size=20 must be a multiple of .* 8 x 1"),
     "unknown decoding": (["task.decoding=beam"], r"task.decoding='beam' is unknown"),
     "greedy pass@k": (["task.num_samples=5"], r"num_samples=5: use 1, or more with task.decoding=sample"),
+    "held-out rows unsupported": (
+        ["task.loader=commonsense", "task.heldout_size=10"],
+        r"task.heldout_size=10: task.loader=commonsense cannot hold out training rows; use 0, or a loader that can: "
+        r"glue, packaged, text_files",
+    ),
     "missing resume path": (["resume=/no/such/checkpoint"], r"resume='/no/such/checkpoint': expected never, auto"),
     "model offline": (
         ["model.name_or_path=FacebookAI/roberta-large"],

@@ -11,6 +11,7 @@ import pytest
 from goat.config import TaskConfig
 from goat.tasks.base import DataUnavailableError
 from goat.tasks.glue import GLUE_TASKS, load_glue
+from goat.tasks.records import seeded_subset, split_heldout
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # shared/ sits beside the checkout
 
@@ -136,6 +137,25 @@ def test_max_samples_draw_a_seeded_random_subset():
     assert subset != full[:100]
     assert set(subset) <= set(full)
     assert len(set(subset)) == 100
+
+
+def test_heldout_rows_are_a_fixed_draw_from_train_disjoint_from_the_training_rows():
+    """task.heldout_size: split_heldout's positions of the train file, the same for every seed and subset size; the
+    training rows are the rest (max_train_samples draws from it); the dev set is untouched."""
+    full, plain = shared_task("rte").splits["train"]["text"], shared_task("rte")
+    train_rows, held_rows = split_heldout(np.arange(len(full)), 300)
+    assert len(held_rows) == 300 and len(train_rows) == len(full) - 300 == 2190
+    assert set(train_rows.tolist()).isdisjoint(held_rows.tolist())
+    task = load_glue(glue_config("rte", SHARED_GLUE, heldout_size=300), seed=0)
+    assert task.eval_splits == ["validation", "heldout"] and task.main_metric == plain.main_metric
+    assert task.splits["heldout"]["text"] == [full[i] for i in held_rows]
+    assert task.splits["train"]["text"] == [full[i] for i in train_rows]
+    assert task.splits["validation"]["text"] == plain.splits["validation"]["text"]
+    other = load_glue(glue_config("rte", SHARED_GLUE, heldout_size=300, max_train_samples=100), seed=1)
+    assert other.splits["heldout"]["text"] == task.splits["heldout"]["text"]
+    assert other.splits["train"]["text"] == [full[i] for i in seeded_subset(train_rows, 100, 1)]
+    with pytest.raises(DataUnavailableError, match="task.heldout_size=2490 would hold out every training row"):
+        load_glue(glue_config("rte", SHARED_GLUE, heldout_size=2490), seed=0)
 
 
 def test_max_samples_must_keep_rows():

@@ -140,7 +140,7 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
     fresh worker, and is reported failed; the others finish with the same results as a serial run."""
     variants = {"lora": ["method=lora"], "broken": ["method=goat", "method.top_k=99"]}
     spec = tiny_table_spec(tiny_model_dir, keyword_data, variants, ["trainer.max_steps=4"])
-    spec["tables"]["t"]["sweep"] = {"key": "trainer.lr", "suffix": "lr", "values": ["1e-3", "1e-2"]}
+    spec["tables"]["t"]["sweep"] = {"key": "trainer.lr", "suffix": "lr", "values": ["1e-3", "1e-2"], "heldout": 32}
     spec["tables"]["t"]["sweep"]["by_row"] = {"broken": ["1"]}
     runs = grid.expand("t", [0, 1], tmp_path, spec=spec)
     assert [(r.variant, r.seed) for r in runs] == [
@@ -151,7 +151,7 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
         ("broken_lr1", 0),
         ("broken_lr1", 1),
     ]
-    assert "trainer.lr=1e-2" in runs[2].overrides
+    assert "trainer.lr=1e-2" in runs[2].overrides and "task.heldout_size=32" in runs[2].overrides
     log = []
     failed = grid.execute_parallel(runs, workers=2, log=log.append)
     assert [(r.variant, r.seed) for r in failed] == [("broken_lr1", 0), ("broken_lr1", 1)]
@@ -161,6 +161,7 @@ def test_parallel_workers_finish_the_grid_and_retry_a_failed_run_once(tiny_model
     assert len(finished) == 4
     results = json.loads((runs[2].output_dir / "results.json").read_text())
     assert results["steps"] == 4 and results["variant"] == "lora_lr1e-2" and results["seed"] == 0
+    assert results["heldout"]["rows"] == 32 and "heldout/accuracy" in results["final"]  # what goat-report chooses on
     # seed-major order: every seed-0 run started before any seed-1 run (the log's first two lines are seed 0)
     assert log[0].startswith("0 of 6 runs already finished; 6 to go, 2 workers")
 
@@ -179,6 +180,17 @@ def test_small_sweep_gives_every_method_the_same_rates_and_one_more_past_a_peak_
     assert rates["full_ft"] == rates["full_ft_moe"] == {"6e-6", "2e-5", "6e-5", "2e-4", "6e-4"}
     assert len(runs) == 2 * sum(len(values) for values in rates.values()) == 2 * (13 * 4 + 5)
     assert all("method.r=32" in run.overrides for run in runs)  # the rank that ran, pinned (GLUE configs set it)
+    assert all("task.heldout_size=500" in run.overrides for run in runs)  # the rows that choose each cell's rate
+
+
+def test_a_sweep_that_holds_out_no_rows_is_refused(spec, tmp_path, capsys):
+    """A swept value is chosen on held-out training rows: a sweep without sweep.heldout cannot run."""
+    spec = {**spec, "tables": {**spec["tables"], "small_sweep": dict(spec["tables"]["small_sweep"])}}
+    spec["tables"]["small_sweep"]["sweep"] = {
+        k: v for k, v in spec["tables"]["small_sweep"]["sweep"].items() if k != "heldout"
+    }
+    with pytest.raises(grid.GridError, match="sweep.heldout must be a count of training rows .* got None"):
+        grid.expand("small_sweep", [0], tmp_path, spec=spec)
 
 
 def test_small_sweep_rank_shares_small_sweeps_runs_and_keeps_each_rows_rank(spec, tmp_path):

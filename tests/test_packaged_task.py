@@ -89,6 +89,19 @@ def test_validation_is_the_same_held_out_pool_for_every_seed():
 
 
 @needs_data
+def test_heldout_rows_come_from_the_training_pool_the_same_for_every_seed():
+    """task.heldout_size=500: held out of the 10,201-row training pool before the 300-row subset is drawn."""
+    full = load_task(_cfg(max_train_samples=None, max_eval_samples=None), seed=0)
+    pool, dev = set(full.splits["train"]["text"]), set(full.splits["validation"]["text"])
+    first, other = load_task(_cfg(heldout_size=500), seed=0), load_task(_cfg(heldout_size=500), seed=1)
+    held = set(first.splits["heldout"]["text"])
+    assert first.eval_splits == ["validation", "heldout"] and len(held) == 500 and held <= pool
+    assert other.splits["heldout"]["text"] == first.splits["heldout"]["text"]
+    for task in (first, other):
+        assert len(task.splits["train"]) == 300 and not set(task.splits["train"]["text"]) & (held | dev)
+
+
+@needs_data
 def test_majority_baseline_by_hand(task):
     majority = Counter(task.splits["train"]["label"]).most_common(1)[0][0]
     labels = task.splits["validation"]["label"]

@@ -1,6 +1,7 @@
 """goat-report: our results beside the paper's, seeds aggregated, missing runs blank (never zero), figures as PNG."""
 
 import json
+import statistics
 
 import pytest
 
@@ -147,10 +148,115 @@ def test_swept_table_picks_each_cells_best_rate_over_the_seeds_every_rate_has(tm
     assert "| **76.00 ± 1.41 (n=2)** |" in lora_rates and "79.67 ± 19.50 (n=3)" in lora_rates
     assert row_of(cola_rates, "full_ft") == "| full_ft | — | — | — | — | — |  |  |"  # its own, lower rates
     table = csv_text(spec, root, "small_sweep").splitlines()
-    assert table[0].endswith(",chosen") and "lora,CoLA,76.0,1.4142,2,0 1,,,lr2e-4" in table
-    assert "lora,CoLA lr6e-4,79.6667,19.5021,3,0 1 2,,," in table
+    # these runs held out no training rows: chosen on the dev set they report, and labelled so
+    assert row_of(text, "lora").endswith("| reported split (oracle) | 0,1 |")
+    assert table[0].endswith(",chosen,chosen_on,heldout_mean")
+    assert "lora,CoLA,76.0,1.4142,2,0 1,,,lr2e-4,reported split (oracle)," in table
+    assert "lora,CoLA lr6e-4,79.6667,19.5021,3,0 1 2,,,,," in table
     figure = report_main(["--runs", str(root), "--out", str(tmp_path / "out"), "--table", "small_sweep_lr"])
     assert figure == 0 and is_png(tmp_path / "out" / "figures" / "small_sweep_lr.png")
+
+
+# A swept table of 2 methods x 3 rates x 2 seeds: (dev accuracy, held-out accuracy) per seed. The rate best on the
+# held-out rows differs from the one best on the dev set for both methods.
+SWEPT = {
+    "lora": {
+        "1e-4": [(70.0, 60.0), (72.0, 62.0)],
+        "1e-3": [(80.0, 65.0), (78.0, 65.0)],
+        "1e-2": [(75.0, 70.0), (77.0, 72.0)],
+    },
+    "goat": {
+        "1e-4": [(66.0, 80.0), (68.0, 82.0)],
+        "1e-3": [(74.0, 70.0), (74.0, 70.0)],
+        "1e-2": [(60.0, 50.0), (62.0, 50.0)],
+    },
+}
+
+
+def swept_spec(heldout: int = 50) -> dict:
+    sweep = {"key": "trainer.lr", "suffix": "lr", "values": ["1e-4", "1e-3", "1e-2"], "heldout": heldout}
+    table = {"title": "T", "runs": "t", "metric": "accuracy", "sweep": sweep, "rows": dict.fromkeys(SWEPT)}
+    table["columns"] = [{"name": "CoLA", "task": "glue/cola"}]
+    return {"variants": {row: [f"method={row}"] for row in SWEPT}, "tables": {"t": table}}
+
+
+def write_swept_runs(root, heldout: int | None = 50) -> None:
+    """results.json as goat-train writes it: MCC is CoLA's main metric, the table reads accuracy."""
+    for row, rates in SWEPT.items():
+        for rate, seeds in rates.items():
+            for seed, (dev, held) in enumerate(seeds):
+                final = {"validation/accuracy": dev, "validation/matthews_correlation": dev / 2}
+                block = None
+                if heldout:
+                    final |= {"heldout/accuracy": held, "heldout/matthews_correlation": held / 2}
+                    block = {"split": "heldout", "rows": heldout, "drawn_from": "train", "seed": 2}
+                write_run(
+                    root / "t",
+                    "glue/cola",
+                    f"{row}_lr{rate}",
+                    seed,
+                    final,
+                    main="validation/matthews_correlation",
+                    heldout=block,
+                )
+
+
+def reference_choice(rates: dict, by: int) -> tuple[str, list[float]]:
+    """A plain loop: the rate whose mean of `by` (0 dev, 1 held-out) over the seeds is best, and its dev scores."""
+    best = max(rates, key=lambda rate: statistics.mean(pair[by] for pair in rates[rate]))
+    return best, [dev for dev, _ in rates[best]]
+
+
+def test_swept_table_chooses_on_heldout_rows_reports_dev_there_and_labels_the_oracle(tmp_path):
+    spec = swept_spec()
+    write_swept_runs(tmp_path)
+    text = markdown(spec, tmp_path, "t")
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert header == "| method | CoLA | CoLA (oracle) | chosen on | seeds |"
+    assert "Chosen on: per method and column, the trainer.lr whose mean over the seeds" in text
+    assert "best on 50 training rows held out" in text and "The oracle columns choose on the reported split" in text
+    for row, rates in SWEPT.items():
+        chosen, dev = reference_choice(rates, by=1)
+        oracle, oracle_dev = reference_choice(rates, by=0)
+        assert chosen != oracle  # the data are built so that the two choices differ
+        mean, std = statistics.mean(dev), statistics.stdev(dev)
+        ours = f"{mean:.2f} ± {std:.2f} (n=2) @ lr{chosen}"
+        best = f"{statistics.mean(oracle_dev):.2f} ± {statistics.stdev(oracle_dev):.2f} (n=2) @ lr{oracle}"
+        assert row_of(text, row) == f"| {row} | {ours} | {best} | 50 held-out train rows, seed 2 | 0,1 |"
+    assert row_of(text, "lora").startswith("| lora | 76.00 ± 1.41 (n=2) @ lr1e-2 | 79.00 ± 1.41 (n=2) @ lr1e-3 |")
+    assert row_of(text, "goat").startswith("| goat | 67.00 ± 1.41 (n=2) @ lr1e-4 | 74.00 ± 0.00 (n=2) @ lr1e-3 |")
+    held = text[text.index("### CoLA at each trainer.lr: held-out training rows (these choose)") :]
+    assert row_of(held, "lora") == "| lora | 61.00 ± 1.41 (n=2) | 65.00 ± 0.00 (n=2) | **71.00 ± 1.41 (n=2)** |"
+    dev = text[text.index("### CoLA at each trainer.lr (reported split)") :]
+    assert row_of(dev, "lora") == "| lora | 71.00 ± 1.41 (n=2) | 79.00 ± 1.41 (n=2) | **76.00 ± 1.41 (n=2)** |"
+    table = csv_text(spec, tmp_path, "t").splitlines()
+    assert 'lora,CoLA,76.0,1.4142,2,0 1,,,lr1e-2,"50 held-out train rows, seed 2",71.0' in table
+    assert "lora,CoLA oracle,79.0,1.4142,2,0 1,,,lr1e-3,reported split (oracle),65.0" in table
+    assert "goat,CoLA lr1e-3,74.0,0.0,2,0 1,,,,,70.0" in table
+
+
+def test_swept_runs_without_heldout_rows_are_labelled_oracle_and_mixed_runs_refused(tmp_path):
+    spec = swept_spec()
+    write_swept_runs(tmp_path, heldout=None)  # runs from before task.heldout_size: the dev choice, labelled
+    text = markdown(spec, tmp_path, "t")
+    assert row_of(text, "lora") == (
+        "| lora | 79.00 ± 1.41 (n=2) @ lr1e-3 | 79.00 ± 1.41 (n=2) @ lr1e-3 | reported split (oracle) | 0,1 |"
+    )
+    assert "held-out training rows (these choose)" not in text
+    assert "Chosen on: the reported split itself (oracle) in every cell" in text
+    write_run(
+        tmp_path / "t",
+        "glue/cola",
+        "lora_lr1e-3",
+        2,
+        {"validation/accuracy": 80.0, "heldout/accuracy": 1.0},
+        heldout={"split": "heldout", "rows": 50, "drawn_from": "train", "seed": 2},
+    )
+    with pytest.raises(ValueError, match="lora held out different training rows .50 held-out train rows, seed 2; none"):
+        markdown(spec, tmp_path, "t")
+    spec["tables"]["t"]["sweep"].pop("heldout")  # a sweep that does not say what chooses is refused
+    with pytest.raises(ValueError, match="sweep.heldout must be a count of training rows"):
+        markdown(spec, tmp_path, "t")
 
 
 def test_a_run_on_random_weights_is_refused_with_its_path(tmp_path, spec, capsys):

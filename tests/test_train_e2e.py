@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 
 from goat.cli import OverrideError, compose, train_main
 from goat.config import ConfigError
+from goat.results import heldout_label, heldout_value
+from goat.tasks import load_task
+from goat.tasks.records import HELDOUT_SEED
 from goat.train import train
 
 
@@ -35,6 +38,35 @@ def test_goat_run_learns_and_writes_metrics_results_checkpoints(tiny_model_dir, 
     from goat.evaluate_run import evaluate_run
 
     assert evaluate_run(out) == pytest.approx({k: v for k, v in results["final"].items() if "/" in k})  # goat-eval
+
+
+def test_heldout_rows_are_scored_never_trained_on_and_the_same_for_every_seed(tiny_model_dir, keyword_data, tmp_path):
+    """task.heldout_size=64 of the 256 training rows: an epoch is 12 steps of 16 (192 rows, not 256), every
+    evaluation scores the held-out rows beside the dev set, results.json says what was held out (goat-report reads
+    it), and the held-out rows are the same for every seed and disjoint from the training rows."""
+    out = tmp_path / "run"
+    args = overrides(tiny_model_dir, keyword_data, out, "task.heldout_size=64", "trainer.max_steps=null")
+    cfg = compose([*args, "trainer.epochs=4"])
+    results = train(cfg)
+    assert results["steps"] == 4 * 192 // 16
+    assert results["heldout"] == {"split": "heldout", "rows": 64, "drawn_from": "train", "seed": HELDOUT_SEED}
+    assert results["main_metric"] == "validation/accuracy"  # the reported split stays the dev set
+    evaluations = [r for r in results["history"] if "validation/accuracy" in r]
+    assert len(evaluations) == 4 and all(0 <= r["heldout/accuracy"] <= 100 for r in evaluations)
+    assert results["final"]["heldout/accuracy"] > 80  # it learned the keyword rule, and it holds on unseen rows
+    assert heldout_value(results, None, "accuracy") == results["final"]["heldout/accuracy"]
+    assert heldout_label(results) == f"64 held-out train rows, seed {HELDOUT_SEED}"
+
+    rows = [json.loads(line)["text"] for line in (keyword_data / "train.jsonl").read_text().splitlines()]
+    assert len(set(rows)) == len(rows) == 256  # unique texts: a text identifies its row
+    first, second = load_task(cfg.task, 0), load_task(cfg.task, 1)
+    held, trained = set(first.splits["heldout"]["text"]), set(first.splits["train"]["text"])
+    assert len(held) == 64 and len(trained) == 192 and held.isdisjoint(trained) and held | trained == set(rows)
+    assert second.splits["heldout"]["text"] == first.splits["heldout"]["text"]  # a fixed draw, not the run's seed
+    assert first.eval_splits == ["validation", "heldout"]
+    subset = load_task(compose([*args, "task.max_train_samples=50"]).task, 1)  # the subset comes from the rest
+    assert subset.splits["heldout"]["text"] == first.splits["heldout"]["text"]
+    assert len(subset.splits["train"]) == 50 and set(subset.splits["train"]["text"]) <= trained
 
 
 def test_sigterm_saves_and_resume_finishes_with_the_uninterrupted_weights(tiny_model_dir, keyword_data, tmp_path):

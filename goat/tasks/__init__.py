@@ -18,6 +18,8 @@ LOADERS = {
     "text_files": "goat.tasks.text_files:load_text_files",
     "vision": "goat.tasks.vision:load_vision",
 }
+# The loaders that can hold out training rows for model selection (task.heldout_size, goat.tasks.records.split_heldout).
+HELDOUT_LOADERS = ("glue", "packaged", "text_files")
 
 
 def load_task(task_cfg, seed: int) -> Task:
@@ -40,4 +42,4 @@ def load_task(task_cfg, seed: int) -> Task:
     return task
 
 
-__all__ = ["LOADERS", "DataUnavailableError", "Task", "TextTask", "load_task"]
+__all__ = ["HELDOUT_LOADERS", "LOADERS", "DataUnavailableError", "Task", "TextTask", "load_task"]

