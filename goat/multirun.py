@@ -60,17 +60,20 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 def check_jobs(jobs: list[list[str]], hydra_overrides: list[str]) -> None:
     """Every job composes, its values are in their domains, and no two jobs share an output_dir: OverrideError
-    naming the job otherwise. Cheap (no torch, no model): a mistake in job 40 stops the sweep before job 0 trains."""
+    naming the job (its number and the overrides that set it apart) otherwise. Cheap (no torch, no model): a
+    mistake in job 40 stops the sweep before job 0 trains."""
     searchpath = [o for o in hydra_overrides if o.startswith("hydra.searchpath=")]  # the user's config folders
+    shared = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
     folders: dict[str, int] = {}
     for number, job in enumerate(jobs):
+        name = f"job {number} ({' '.join(o for o in job if o not in shared)})" if shared else f"job {number}"
         try:
             cfg = compose([*job, *searchpath])
         except OverrideError as error:
-            raise OverrideError(f"job {number} ({' '.join(job)}): {error}") from None
+            raise OverrideError(f"{name}: {error}") from None
         problem = first_domain_error(cfg)
         if problem:
-            raise OverrideError(f"job {number} ({' '.join(job)}): {problem}")
+            raise OverrideError(f"{name}: {problem}")
         folder = os.path.abspath(cfg.output_dir)
         if folder in folders:
             raise OverrideError(
