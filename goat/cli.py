@@ -1,9 +1,10 @@
 """Console scripts: goat-train (Hydra overrides), goat-eval (a finished run directory), goat-report.
 
-goat-train composes the configs shipped in the package (goat/configs/) with Hydra's compose API, so that every
-override is checked against the structured schema (goat/config.py) first and a mistake gets one line naming the
-valid keys or options. `--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a folder of the user's own
-configs, e.g. DIR/method/mine.yaml; a shipped config of the same name wins, as with Hydra's own --config-dir.
+goat-train composes the configs shipped in the package (goat/configs/) with Hydra's compose API (goat/compose.py), so
+that every override is checked against the structured schema (goat/config.py) first and a mistake gets one line
+naming the valid keys or options; `goat-train -m` sweeps with Hydra's sweeper and launchers (goat/multirun.py).
+`--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a folder of the user's own configs, e.g.
+DIR/method/mine.yaml; a shipped config of the same name wins, as with Hydra's own --config-dir.
 """
 
 from __future__ import annotations
