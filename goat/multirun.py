@@ -164,7 +164,7 @@ def _hydra_errors() -> Iterator[None]:
     try:
         yield
     except (HydraException, OmegaConfBaseException) as error:
-        line = one_line(error)
+        line = one_line(error).split(" Config search path:")[0]  # the folders Hydra searched: noise on one line
         raise OverrideError(f"{line} ({PLUGINS_HINT})" if "hydra/launcher" in line else line) from None
 
 

@@ -93,6 +93,14 @@ def test_the_swept_key_in_the_variant_gives_each_job_its_folder(tiny_model_dir, 
     check_jobs(sweep_jobs([*base, "trainer.lr=1e-3,1e-2", "variant=goat_lr${trainer.lr}"]), [])
 
 
+def test_a_launcher_that_is_not_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = r"^In 'hydra/config': Could not find 'hydra/launcher/nope' Available options in 'hydra/launcher': .*slurm"
+    with pytest.raises(OverrideError, match=message + r" \(.*pip install 'goat\[launchers\]'\)$"):
+        multirun(["method=goat", "trainer=cpu", "hydra/launcher=nope"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_cfg_and_multirun_together_are_one_line(capsys):
     assert train_main(["-m", "--cfg", "method=goat,lora"]) == 2
     assert capsys.readouterr().err == "goat-train: --cfg prints one run's config: drop -m\n"
