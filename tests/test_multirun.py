@@ -107,7 +107,7 @@ def test_cfg_and_multirun_together_are_one_line(capsys):
 
 
 def test_joblib_launcher_runs_the_jobs_in_worker_processes(tiny_model_dir, keyword_data, tmp_path, monkeypatch, capfd):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[test]' brings it")
     monkeypatch.chdir(tmp_path)
     overrides = sweep_overrides(tiny_model_dir, keyword_data, "method=lora", "trainer.seed=0,1")
     outcomes = multirun([*overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"])
@@ -132,7 +132,7 @@ def fake_slurm(bin_dir, record):
 def test_slurm_launcher_submits_one_array_job_with_goats_resources(tiny_model_dir, keyword_data, tmp_path, monkeypatch):
     """hydra/launcher=slurm (goat/configs/hydra/launcher/slurm.yaml): the job script sbatch would get, and the
     pickled jobs that the SLURM tasks would run (each a complete run's overrides)."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[test]' brings it")
     from submitit.core.utils import FailedJobError
 
     fake_slurm(tmp_path / "bin", tmp_path / "job.sh")
