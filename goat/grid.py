@@ -4,7 +4,8 @@ Each run is one `goat-train` with the variant's overrides, in <runs>/<task>/<var
 run (results.json) is skipped, an interrupted one resumes from its newest checkpoint (resume=auto), so the
 same command can be repeated until the grid is complete. TASKS / METHODS filter with shell patterns
 (`vit/*`, `goat*`); --dry-run prints the grid and what each run would do. With --gpus N > 1 each run is
-started through `accelerate launch`.
+started through `accelerate launch`. With --hydra the unfinished runs go to Hydra's launcher instead (goat.multirun):
+`--hydra hydra/launcher=slurm hydra.launcher.partition=gpu` runs a paper table's grid as SLURM jobs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from goat.compose import OverrideError
+from goat.multirun import launch
 from goat.tables import (
     RESULTS_FILE,
     cell_variant,
@@ -365,6 +368,22 @@ def execute_parallel(runs: list[Run], workers: int, log=print) -> list[Run]:
     return failed
 
 
+def execute_hydra(runs: list[Run], hydra_overrides: list[str], log=print) -> list[Run]:
+    """Hands every unfinished run to Hydra's launcher at once (the basic one without overrides: one after another
+    in this process; hydra/launcher=joblib or slurm: in parallel). Each is checked before any starts and keeps
+    resume=auto, so a partial run resumes and the same command later picks up what did not finish. Returns the
+    runs that did not finish; OverrideError for a wrong setting or launcher."""
+    todo = [run for run in runs if run.state() != "finished"]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go, through Hydra's launcher")
+    if not todo:
+        return []
+    outcomes = launch([run.train_args() for run in todo], hydra_overrides)
+    for run, outcome in zip(todo, outcomes, strict=True):
+        why = f": {outcome['error']}" if outcome["error"] else ""
+        log(f"  {run.task} {run.variant} seed {run.seed}: {outcome['status']}{why}")
+    return [run for run in todo if run.state() != "finished"]
+
+
 def _split(text: str | None) -> list[str] | None:
     return [part for part in (text or "").replace(",", " ").split() if part] or None
 
@@ -390,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="train this many runs at once, in-process, spread over the visible GPUs (small models on a GPU)",
+    )
+    parser.add_argument(
+        "--hydra",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="hand the unfinished runs to Hydra's launcher, with Hydra's own overrides (last on the line): none for "
+        "the basic launcher, hydra/launcher=joblib, hydra/launcher=slurm hydra.launcher.partition=NAME",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the grid and exit")
     args = parser.parse_args(argv)
@@ -417,7 +443,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--in-process and --workers run each run on one device; drop them for --gpus > 1")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
-    if args.workers > 1:
+    if args.hydra is not None and (args.gpus > 1 or args.workers > 1 or args.in_process):
+        parser.error("--hydra hands each run to Hydra's launcher: drop --gpus, --workers and --in-process")
+    if args.hydra is not None:
+        try:
+            failed = execute_hydra(runs, args.hydra)
+        except OverrideError as error:
+            print(f"goat-grid: {error}", file=sys.stderr)
+            return 2
+    elif args.workers > 1:
         failed = execute_parallel(runs, args.workers)
     else:
         failed = execute(runs, args.gpus, args.accelerate_config, in_process=args.in_process)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from goat.cli import CONFIG_DIR
+from goat.compose import CONFIG_DIR
 from tests.conftest import tiny_run_overrides
 from tests.test_instruction_e2e import data_and_model  # noqa: F401 - a fixture
 

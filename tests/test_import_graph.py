@@ -29,6 +29,7 @@ LAYERS = (
     ),
     ("goat.adapters",),  # methods: config, layers, surgery, save/load
     ("goat.config",),  # the run's schema and ConfigError
+    ("goat.compose",),  # the configs and overrides composed into a run's config (Hydra's compose API)
     ("goat.distributed", "goat.checkpoint"),  # engines (DDP, ZeRO, FSDP) and the training state on disk
     ("goat.tasks",),  # data, scoring, and each task type's pipeline
     ("goat.models",),  # model building, CLIP heads
@@ -37,6 +38,7 @@ LAYERS = (
     ("goat.train",),  # one run: config -> task -> model + adapter -> trainer -> results.json
     ("goat.evaluate_run",),  # goat-eval
     ("goat.tables", "goat.results", "goat.figures", "goat.report"),  # goat-report
+    ("goat.multirun",),  # Hydra's sweeper and launchers over train(): goat-train -m, goat-grid --hydra
     ("goat.cli",),  # entry points
     ("goat.grid",),  # goat-grid: runs the CLI's config composition and train() over a paper table
 )

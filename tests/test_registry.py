@@ -3,7 +3,7 @@
 import pytest
 
 from goat.adapters import METHODS, AdapterConfig, method_config, validate
-from goat.cli import CONFIG_DIR
+from goat.compose import CONFIG_DIR
 
 CONFIGS = CONFIG_DIR / "method"
 
