@@ -53,6 +53,11 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"trainer.pad_to_multiple_of={t.pad_to_multiple_of} every sequence length is a new graph: set "
             "trainer.pad_to_multiple_of=64 (or another bucket width)"
         )
+    if cfg.task.scoring == "loglik" and cfg.task.loader != "commonsense":
+        raise ConfigError(
+            f"task.scoring=loglik scores the options of commonsense test sets; task.loader={cfg.task.loader} has "
+            "none: use task.scoring=generate"
+        )
     if cfg.task.num_samples > 1 and cfg.task.decoding != "sample":  # its domain (>= 1) is checked above
         raise ConfigError(
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
