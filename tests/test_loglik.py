@@ -257,7 +257,7 @@ def test_goat_train_scores_arc_e_by_loglik_before_any_step(model_dir, tmp_path):
         f"output_dir={out}",
     ]
     results, _ = train_and_losses(overrides)
-    assert results["steps"] == 0 and results["main_metric"] == "arc_e/acc"
+    assert results["steps"] == 0 and results["main_metric"] == "arc_e/acc" and results["epoch_hours"] is None
     assert [entry["step"] for entry in results["history"]] == [0]
     final = results["final"]
     written = out / "generations" / "step-00000000" / "arc_e.jsonl"

@@ -47,6 +47,8 @@ def continuation_logprobs(model, rows: list[tuple[list[int], int]], batch_size: 
 
 
 def _batch_logprobs(model, chunk: list[tuple[list[int], int]], pad_id: int, device) -> list[float]:
+    """One forward over `chunk`, left-padded to (B, T = longest row - 1); logits only for the last `keep` positions
+    (B, keep, vocab), keep = the longest continuation, where every row's continuation ends."""
     width = max(len(ids) for ids, _ in chunk) - 1  # the last token is only predicted, never input
     keep = max(n for _, n in chunk)
     inputs = torch.full((len(chunk), width), pad_id, dtype=torch.long)
