@@ -13,7 +13,7 @@ from conftest import train_and_losses
 from goat.checks import check_config
 from goat.cli import compose
 from goat.config import ConfigError
-from goat.tasks.base import DataUnavailableError
+from goat.tasks.base import ChoiceTask, DataUnavailableError
 from goat.tasks.choices import choice_record, parse_instruction, scoring_pairs
 from goat.tasks.loglik import continuation_logprobs, encode_pair, encode_records, evaluate_loglik, score_records
 
@@ -190,7 +190,7 @@ def test_acc_and_acc_norm_choose_as_the_hand_computation(model_and_tokenizer, tm
     model, tokenizer = model_and_tokenizer
     chosen = records()
     accelerator = Accelerator(cpu=True)
-    task = type("Sets", (), {"eval_sets": {"mixed": chosen}})()
+    task = ChoiceTask("mixed", [], {"mixed": chosen}, "mixed/acc")
     metrics = evaluate_loglik(model, tokenizer, task, accelerator, batch_size=3, out_dir=tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "mixed.jsonl").read_text().splitlines()]
     right = right_norm = 0

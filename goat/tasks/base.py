@@ -1,8 +1,8 @@
 """What every task gives the trainer: labelled text splits, how to score predictions, and its main metric.
 
-Data flows one way: a task loader turns a `TaskConfig` into a task (a `Task`: TextTask, InstructionTask, or a
-family's own, ChatTask, ImageTask); the task's `pipeline` gives goat-train and goat-eval its batches and its
-evaluator, so neither ever asks which class a task is. A task module never imports the trainer.
+Data flows one way: a task loader turns a `TaskConfig` into a task (a `Task`: TextTask, InstructionTask,
+ChoiceTask, or a family's own, ChatTask, ImageTask); the task's `pipeline` gives goat-train and goat-eval its
+batches and its evaluator, so neither ever asks which class a task is. A task module never imports the trainer.
 """
 
 from __future__ import annotations
