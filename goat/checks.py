@@ -58,6 +58,11 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"task.heldout_size={cfg.task.heldout_size}: task.loader={cfg.task.loader} cannot hold out training rows; "
             f"use 0, or a loader that can: {', '.join(HELDOUT_LOADERS)}"
         )
+    if cfg.task.scoring == "loglik" and cfg.task.loader != "commonsense":
+        raise ConfigError(
+            f"task.scoring=loglik scores the options of commonsense test sets; task.loader={cfg.task.loader} has "
+            "none: use task.scoring=generate"
+        )
     if cfg.task.num_samples > 1 and cfg.task.decoding != "sample":  # its domain (>= 1) is checked above
         raise ConfigError(
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "

@@ -20,8 +20,11 @@ from goat.domains import (
     PROBABILITY,
     SEED,
     domain_errors,
+    one_of,
     ranged,
 )
+
+SCORINGS = ("generate", "loglik")  # task.scoring
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,9 @@ class TaskConfig:
     max_new_tokens: int = ranged(32, POSITIVE_INT)
     num_samples: int = ranged(1, POSITIVE_INT)  # generation tasks: completions per prompt; > 1 (sampling): pass@k
     decoding: str = "greedy"  # generation tasks: greedy | paper (what the reference ran) | sample (its sampling values)
+    # commonsense: generate (answer labels by generation: the paper's protocol, its LLaMA-2-7B tables) | loglik (the
+    # log-likelihood of each option's text: acc and acc_norm, the choice for small models; docs/evaluation.md)
+    scoring: str = ranged("generate", one_of(*SCORINGS))
     image_size: int = ranged(224, POSITIVE_INT)  # image tasks: crop side in pixels
 
 
@@ -74,7 +80,9 @@ class ModelConfig:
 @dataclass
 class TrainerConfig:
     epochs: float = ranged(10.0, POSITIVE)
-    max_steps: int | None = ranged(None, POSITIVE_INT)  # optimizer steps; overrides epochs when set
+    # optimizer steps; overrides epochs when set. 0: no training, one evaluation of the model as loaded (the
+    # adapter at its initialisation: LoRA's is the base model)
+    max_steps: int | None = ranged(None, NON_NEGATIVE_INT)
     batch_size: int = ranged(256, POSITIVE_INT)  # total batch per optimizer step (all devices x accumulation)
     micro_batch_size: int = ranged(32, POSITIVE_INT)  # per device and forward; accumulation = batch / (micro x devices)
     eval_batch_size: int = ranged(64, POSITIVE_INT)

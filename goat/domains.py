@@ -1,4 +1,5 @@
-"""The domain of every numeric setting, stated next to its field, and the one check that reads them.
+"""The domain of every numeric setting (and of a few named choices), stated next to its field, and the one check
+that reads them.
 
 A schema field declares its domain with `ranged(default, DOMAIN)`; `domain_errors(values, schema, prefix)` then
 walks the dataclass and returns one message per value outside its domain ("trainer.lr=nan must be a finite
@@ -19,6 +20,7 @@ class Domain:
     description: str  # completes "must be ...": "a finite number > 0"
     contains: Callable[[Any], bool]
     upper: float | None = None  # the largest value allowed, where there is one (the generated tests go past it)
+    values: tuple = ()  # a setting that names one of a few choices: the choices (one_of)
 
 
 def _number(value) -> bool:
@@ -41,6 +43,11 @@ def at_least(low: int) -> Domain:
 
 POSITIVE_INT = at_least(1)
 NON_NEGATIVE_INT = at_least(0)
+
+
+def one_of(*values: str) -> Domain:
+    """A setting that names one of `values` (task.scoring: generate | loglik)."""
+    return Domain(f"one of {', '.join(values)}", lambda v: v in values, values=values)
 
 
 def ranged(default, domain: Domain, **kwargs):

@@ -186,7 +186,8 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "majority_baseline": getattr(task, "majority_baseline", None),
         "steps": state.step,
         "train_seconds": round(seconds, 1),
-        "epoch_hours": round(seconds / 3600 * trainer.steps_per_epoch / max(steps_run, 1), 4),
+        # trainer.max_steps=0 runs no step: no time per epoch to extrapolate
+        "epoch_hours": round(seconds / 3600 * trainer.steps_per_epoch / steps_run, 4) if steps_run else None,
         "peak_memory_gb": _peak_memory_gb(),
         "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.params),  # ZeRO-3: whole
         "history": state.history,

@@ -72,7 +72,8 @@ class Trainer:
         # FSDP2 replaces the parameters by sharded ones: clip and check those
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)
-        self.total_steps = self.t.max_steps or math.ceil(self.t.epochs * self.steps_per_epoch)
+        epochs_steps = math.ceil(self.t.epochs * self.steps_per_epoch)
+        self.total_steps = epochs_steps if self.t.max_steps is None else self.t.max_steps
         warmup = (
             self.t.warmup_steps if self.t.warmup_steps is not None else round(self.t.warmup_ratio * self.total_steps)
         )
@@ -158,6 +159,8 @@ class Trainer:
     def _loop(self, bar) -> None:
         window = _Window()
         self.model.train()
+        if self.total_steps == 0:  # trainer.max_steps=0: the model as loaded, scored once
+            self._evaluate(0)
         while self.state.step < self.total_steps and not self.stop_requested:
             self.sampler.use_epoch(self.state.epoch)
             batches = len(self.train_loader)

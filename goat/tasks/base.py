@@ -1,8 +1,8 @@
 """What every task gives the trainer: labelled text splits, how to score predictions, and its main metric.
 
-Data flows one way: a task loader turns a `TaskConfig` into a task (a `Task`: TextTask, InstructionTask, or a
-family's own, ChatTask, ImageTask); the task's `pipeline` gives goat-train and goat-eval its batches and its
-evaluator, so neither ever asks which class a task is. A task module never imports the trainer.
+Data flows one way: a task loader turns a `TaskConfig` into a task (a `Task`: TextTask, InstructionTask,
+ChoiceTask, or a family's own, ChatTask, ImageTask); the task's `pipeline` gives goat-train and goat-eval its
+batches and its evaluator, so neither ever asks which class a task is. A task module never imports the trainer.
 """
 
 from __future__ import annotations
@@ -161,3 +161,30 @@ class InstructionTask(Task):
         from goat.tasks.instruction import evaluate_generation, generation_pipeline
 
         return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, evaluate_generation)
+
+
+@dataclass
+class ChoiceTask(Task):
+    """Instruction tuning of a causal LM (as InstructionTask), scored by the log-likelihood of each option's text
+    (task.scoring=loglik, goat.tasks.loglik).
+
+    train: [{"prompt": str, "response": str}]: the loss is on the response (and EOS) only.
+    eval_sets: set name -> [{"options": [str], "pairs": [(context, continuation)] one per option, "gold": int}]
+        (goat.tasks.choices.choice_record).
+    main_metric: "<set>/acc" for one set, "average/acc" over several (acc_norm is reported beside it).
+    """
+
+    name: str
+    train: list
+    eval_sets: dict
+    main_metric: str = "average/acc"
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        from goat.tasks.instruction import generation_pipeline
+        from goat.tasks.loglik import evaluate_loglik
+
+        return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, evaluate_loglik)
