@@ -63,6 +63,7 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
             f"task.scoring=loglik scores the options of commonsense test sets; task.loader={cfg.task.loader} has "
             "none: use task.scoring=generate"
         )
+    check_commonsense_training(cfg.task)
     if cfg.task.num_samples > 1 and cfg.task.decoding != "sample":  # its domain (>= 1) is checked above
         raise ConfigError(
             f"task.num_samples={cfg.task.num_samples}: use 1, or more with task.decoding=sample "
@@ -88,6 +89,41 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
         message = str(error)
         raise ConfigError(message if message.startswith("method.") else f"method: {message}") from None
     return adapter_cfg
+
+
+def check_commonsense_training(task) -> None:
+    """task.train_sets and task.train_format=choice belong to the commonsense loader; choice records and held-out
+    rows are parsed per set (so they need train_sets) and held-out rows are scored by loglik."""
+    if (task.train_sets or task.train_format != "instruction") and task.loader != "commonsense":
+        raise ConfigError(
+            f"task.train_sets and task.train_format=choice are settings of the commonsense loader, not of "
+            f"task.loader={task.loader}: leave them at [] and instruction"
+        )
+    if task.loader != "commonsense":
+        return
+    if task.train_format == "choice" and task.scoring != "loglik":
+        raise ConfigError(
+            "task.train_format=choice trains on what task.scoring=loglik scores; with task.scoring=generate use "
+            "task.train_format=instruction (or task.scoring=loglik)"
+        )
+    needs_sets = [
+        name
+        for name, on in (
+            ("task.train_format=choice", task.train_format == "choice"),
+            (f"task.heldout_size={task.heldout_size}", task.heldout_size > 0),
+        )
+        if on
+    ]
+    if needs_sets and not task.train_sets:
+        raise ConfigError(
+            f"{needs_sets[0]} reads each training row as a question of a known set: name them with "
+            "task.train_sets=[boolq,arc_e,arc_c,obqa] (their train.json under task.data_dir)"
+        )
+    if task.heldout_size and task.scoring != "loglik":
+        raise ConfigError(
+            f"task.heldout_size={task.heldout_size}: commonsense held-out rows are scored by log-likelihood; set "
+            "task.scoring=loglik, or task.heldout_size=0"
+        )
 
 
 def check_domains(cfg) -> None:

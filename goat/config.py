@@ -22,9 +22,23 @@ from goat.domains import (
     domain_errors,
     one_of,
     ranged,
+    subset_of,
 )
 
 SCORINGS = ("generate", "loglik")  # task.scoring
+TRAIN_FORMATS = ("instruction", "choice")  # task.train_format
+# The commonsense sets by task name -> their folder in the LLM-Adapters layout (goat.tasks.commonsense reads them).
+# Owned here, with the schema, so that task.train_sets is checked against them before torch is imported.
+COMMONSENSE_SETS = {
+    "boolq": "boolq",
+    "piqa": "piqa",
+    "siqa": "social_i_qa",
+    "hellaswag": "hellaswag",
+    "winogrande": "winogrande",
+    "arc_e": "ARC-Easy",
+    "arc_c": "ARC-Challenge",
+    "obqa": "openbookqa",
+}
 
 
 class ConfigError(ValueError):
@@ -44,12 +58,20 @@ class TaskConfig:
     max_eval_samples: int | None = ranged(None, POSITIVE_INT)
     # Training rows held out (never trained on) and scored after each epoch as the split "heldout", to choose a swept
     # setting on (goat-report); drawn with the fixed goat.tasks.records.HELDOUT_SEED, the same rows for every method,
-    # learning rate and seed, before max_train_samples. 0: none. Text classification loaders (HELDOUT_LOADERS).
+    # learning rate and seed, before max_train_samples. 0: none. The loaders in goat.tasks.HELDOUT_LOADERS (commonsense:
+    # with task.scoring=loglik, the held-out rows scored like a test set).
     heldout_size: int = ranged(0, NON_NEGATIVE_INT)
     # Instruction tasks (commonsense, math): the training file (relative to data_dir), the test sets scored
     # after each epoch (data_dir/<set>/test.json), and the generation budget per answer.
     train_file: str | None = None
     eval_sets: list[str] = field(default_factory=list)
+    # commonsense: train on the union of these sets' train splits (data_dir/<set folder>/train.json, concatenated)
+    # instead of train_file; [] : train_file. Sets trained on are the in-domain ones, the other eval_sets transfer.
+    train_sets: list[str] = ranged(list, subset_of(*COMMONSENSE_SETS))
+    # commonsense: how a training record is written. instruction: the Alpaca prompt and the LLM-Adapters output ("the
+    # correct answer is answer2"); choice: what task.scoring=loglik scores, the context of the gold option ("Question:
+    # ...\nAnswer:") and " " + its text (goat.tasks.choices): the model learns exactly what it is scored on.
+    train_format: str = ranged("instruction", one_of(*TRAIN_FORMATS))
     max_new_tokens: int = ranged(32, POSITIVE_INT)
     num_samples: int = ranged(1, POSITIVE_INT)  # generation tasks: completions per prompt; > 1 (sampling): pass@k
     decoding: str = "greedy"  # generation tasks: greedy | paper (what the reference ran) | sample (its sampling values)

@@ -20,7 +20,8 @@ class Domain:
     description: str  # completes "must be ...": "a finite number > 0"
     contains: Callable[[Any], bool]
     upper: float | None = None  # the largest value allowed, where there is one (the generated tests go past it)
-    values: tuple = ()  # a setting that names one of a few choices: the choices (one_of)
+    values: tuple = ()  # a setting that names one of a few choices: the choices (one_of, subset_of)
+    many: bool = False  # a list setting, each of whose items must be one of `values` (subset_of)
 
 
 def _number(value) -> bool:
@@ -50,8 +51,21 @@ def one_of(*values: str) -> Domain:
     return Domain(f"one of {', '.join(values)}", lambda v: v in values, values=values)
 
 
+def subset_of(*values: str) -> Domain:
+    """A list setting each of whose items names one of `values` (task.train_sets); the empty list passes."""
+    return Domain(
+        f"a list of names among {', '.join(values)}",
+        lambda v: not isinstance(v, str) and all(item in values for item in v),
+        values=values,
+        many=True,
+    )
+
+
 def ranged(default, domain: Domain, **kwargs):
-    """A dataclass field whose values must lie in `domain` (None allowed where the default is None)."""
+    """A dataclass field whose values must lie in `domain` (None allowed where the default is None); a list default
+    is given as its factory (`list`)."""
+    if default is list:
+        return dataclasses.field(default_factory=list, metadata={"domain": domain}, **kwargs)
     return dataclasses.field(default=default, metadata={"domain": domain}, **kwargs)
 
 

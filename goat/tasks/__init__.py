@@ -18,8 +18,9 @@ LOADERS = {
     "text_files": "goat.tasks.text_files:load_text_files",
     "vision": "goat.tasks.vision:load_vision",
 }
-# The loaders that can hold out training rows for model selection (task.heldout_size, goat.tasks.records.split_heldout).
-HELDOUT_LOADERS = ("glue", "packaged", "text_files")
+# The loaders that can hold out training rows for model selection (task.heldout_size, goat.tasks.records.split_heldout);
+# commonsense only from the union of task.train_sets, scored by loglik (goat.checks).
+HELDOUT_LOADERS = ("commonsense", "glue", "packaged", "text_files")
 
 
 def load_task(task_cfg, seed: int) -> Task:

@@ -170,14 +170,17 @@ class ChoiceTask(Task):
 
     train: [{"prompt": str, "response": str}]: the loss is on the response (and EOS) only.
     eval_sets: set name -> [{"options": [str], "pairs": [(context, continuation)] one per option, "gold": int}]
-        (goat.tasks.choices.choice_record).
+        (goat.tasks.choices.choice_record); "heldout": training rows held out to choose on, in no average.
     main_metric: "<set>/acc" for one set, "average/acc" over several (acc_norm is reported beside it).
+    groups: average name -> the sets it averages ("average": the test sets, "heldout" never in one; in_domain,
+        transfer); empty: "average" over every set.
     """
 
     name: str
     train: list
     eval_sets: dict
     main_metric: str = "average/acc"
+    groups: dict = field(default_factory=dict)
 
     @property
     def train_size(self) -> int:

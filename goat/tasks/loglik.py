@@ -109,7 +109,8 @@ def score_records(model, tokenizer, records: list[dict], batch_size: int, accele
 
 
 def evaluate_loglik(model, tokenizer, task, accelerator, batch_size: int, out_dir: Path | None = None) -> dict:
-    """Per-set acc and acc_norm (%) and their averages; the test sets are split over processes and gathered.
+    """Per-set acc and acc_norm (%) and their averages (task.groups; default: "average" over every set); the test
+    sets are split over processes and gathered.
     Writes each record's options, scores, choices and gold to out_dir/<set>.jsonl on the main process."""
     from accelerate.utils import gather_object
 
@@ -129,7 +130,7 @@ def evaluate_loglik(model, tokenizer, task, accelerator, batch_size: int, out_di
             with open(out_dir / f"{name}.jsonl", "w") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in rows)
     unwrapped.train(was_training)
-    for metric in ("acc", "acc_norm"):
-        values = [value for key, value in results.items() if key.endswith(f"/{metric}")]
-        results[f"average/{metric}"] = sum(values) / max(len(values), 1)
+    for group, names in (task.groups or {"average": list(task.eval_sets)}).items():
+        for metric in ("acc", "acc_norm"):
+            results[f"{group}/{metric}"] = sum(results[f"{name}/{metric}"] for name in names) / max(len(names), 1)
     return results
