@@ -21,6 +21,7 @@ LAYERS = (
     (
         "goat.domains",
         "goat.metrics",
+        "goat.stats",
         "goat.evaluators",
         "goat.schedule",
         "goat.compile",
