@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from goat.results import ORACLE, Cell, finished_runs, leaf_cell, sweep_cells, swept_choice
+from goat.significance import significance_markdown
 from goat.tables import (
     cell_variant,
     heldout_rows,
@@ -75,7 +76,9 @@ def markdown(spec: dict, root: Path, name: str) -> str:
         lines += [table["note"], ""]
     with_paper = any(cell.paper is not None for row_cells in cells.values() for cell in row_cells)
     legend = "ours / paper (ours − paper)" if with_paper else "ours (no paper numbers)"
-    lines += [f"Each cell: {legend}; ours is mean ± std over seeds when several ran; — : no finished run.", ""]
+    level = table.get("confidence")
+    spread = f"mean ± std [{level:.0%} t interval] over seeds" if level else "mean ± std over seeds"
+    lines += [f"Each cell: {legend}; ours is {spread} when several ran; — : no finished run.", ""]
     oracles = {row: [] for row in cells}
     if table.get("sweep"):
         chosen_on = {cell.chosen_on for row_cells in cells.values() for cell in row_cells if cell.chosen_on}
@@ -88,7 +91,7 @@ def markdown(spec: dict, root: Path, name: str) -> str:
         parts = []
         for cell in row_cells:
             if not with_paper:
-                parts.append(cell.ours() or "—")
+                parts.append(cell.ours(level) or "—")
                 continue
             paper = "" if cell.paper is None else f"{cell.paper:.2f}"
             diff = "" if cell.diff is None else f" ({cell.diff:+.2f})"
@@ -99,6 +102,8 @@ def markdown(spec: dict, root: Path, name: str) -> str:
         seeds = sorted(set().union(*(c.seeds for c in row_cells)))
         label = f"{row} (not run)" if row in not_run else row
         lines.append(f"| {label} | " + " | ".join(parts) + f" | {','.join(map(str, seeds))} |")
+    if table.get("significance"):
+        lines += significance_markdown(spec, root, name)
     if table.get("sweep"):
         lines += sweep_markdown(spec, root, name)
     models = run_models(spec, root, name)
@@ -191,6 +196,8 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header = ["method", "column", "ours_mean", "ours_std", "n", "seeds", "paper", "diff"]
+    level = table.get("confidence")
+    header += ["ci_low", "ci_high"] if level else []
     writer.writerow([*header, "chosen", "chosen_on", "heldout_mean"] if table.get("sweep") else header)
     rows = {row: list(zip(names, row_cells, strict=True)) for row, row_cells in cells.items()}
     if table.get("sweep"):
@@ -218,6 +225,7 @@ def csv_text(spec: dict, root: Path, name: str) -> str:
                     "" if cell.paper is None else cell.paper,
                     "" if cell.diff is None else cell.diff,
                 ]
+                + ([round(v, 4) for v in cell.interval(level)] if cell.interval(level) else ["", ""] if level else [])
                 + ([cell.chosen, cell.chosen_on, "" if held is None else round(held, 4)] if table.get("sweep") else [])
             )
     return buffer.getvalue()

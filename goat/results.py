@@ -15,6 +15,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from goat.stats import t_interval
 from goat.tables import RESULTS_FILE, cell_variant, runs_folder, sweep_points, swept_variant
 
 ORACLE = "reported split (oracle)"  # what a swept cell was chosen on when it was chosen on the split it reports
@@ -56,13 +57,21 @@ class Cell:
             heldout=self.heldout,
         )
 
-    def ours(self) -> str:
+    def interval(self, level: float | None) -> tuple[float, float] | None:
+        """The t interval of the mean over seeds at `level` (goat.stats.t_interval); None without a level or with
+        fewer than two seeds."""
+        return t_interval(self.values, level) if level else None
+
+    def ours(self, level: float | None = None) -> str:
+        """mean ± std (n=seeds), with the t interval [low, high] when a level is given (a table's `confidence`)."""
         if not self.values:
             return ""
         at = f" @ {self.chosen}" if self.chosen else ""
         if len(self.values) == 1:
             return f"{self.values[0]:.2f}{at}"
-        return f"{self.mean:.2f} ± {statistics.stdev(self.values):.2f} (n={len(self.values)}){at}"
+        interval = self.interval(level)
+        shown = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+        return f"{self.mean:.2f} ± {statistics.stdev(self.values):.2f}{shown} (n={len(self.values)}){at}"
 
 
 def finished_runs(folder: Path, task: str, variant: str) -> list[dict]:

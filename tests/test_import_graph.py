@@ -38,7 +38,7 @@ LAYERS = (
     ("goat.trainer",),  # the loop
     ("goat.train",),  # one run: config -> task -> model + adapter -> trainer -> results.json
     ("goat.evaluate_run",),  # goat-eval
-    ("goat.tables", "goat.results", "goat.figures", "goat.report"),  # goat-report
+    ("goat.tables", "goat.results", "goat.significance", "goat.figures", "goat.report"),  # goat-report
     ("goat.multirun",),  # Hydra's sweeper and launchers over train(): goat-train -m, goat-grid --hydra
     ("goat.cli",),  # entry points
     ("goat.grid",),  # goat-grid: runs the CLI's config composition and train() over a paper table
