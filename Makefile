@@ -2,7 +2,7 @@
 PYTHON ?= python
 
 .PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench bench-model reproduce-small \
-	reproduce-small-commonsense reproduce-small-sweep
+	reproduce-small-commonsense reproduce-small-sweep reproduce-small-decoder
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -84,3 +84,9 @@ reproduce-small-commonsense: $(if $(DRY_RUN),,$(SMOLLM2)/config.json)  ## SmolLM
 		--set model.name_or_path=$(SMOLLM2) $(foreach s,$(SET),--set $(s)) $(if $(METHODS),--methods '$(METHODS)') \
 		$(if $(TASKS),--tasks '$(TASKS)') $(if $(DRY_RUN),--dry-run)
 	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_commonsense --table small_commonsense_loss)
+
+reproduce-small-decoder: $(if $(DRY_RUN),,$(SMOLLM2)/config.json)  ## SmolLM2-135M on the union of the commonsense train splits, 8 methods x 3 lrs, loglik on 7 test sets, paired test (GPU: WORKERS=8, SEEDS=0,1,2)
+	$(PYTHON) -m goat.grid small_decoder --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
+		--set model.name_or_path=$(SMOLLM2) $(foreach s,$(SET),--set $(s)) $(if $(METHODS),--methods '$(METHODS)') \
+		$(if $(DRY_RUN),--dry-run)
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_decoder)

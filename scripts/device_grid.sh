@@ -9,7 +9,8 @@
 # results back in (the table's runs folder below $RUNS) makes the next call skip the finished runs, even on a fresh machine.
 # Usage there: TABLE=small_sweep WORKERS=8 SEEDS=0 LIMIT=570 WHEELS=scratch/wheels_ds \
 #   SET="model.name_or_path=$PWD/scratch/c7/minilm" bash scripts/device_grid.sh
-# METHODS and TASKS filter (shell patterns); SET adds overrides (space-separated).
+# METHODS and TASKS filter (shell patterns); SET adds overrides (space-separated); EXAMPLES=1 brings back the
+# per-question loglik files too (small_decoder's paired test).
 set -uo pipefail
 OUT=${OUT:-/tmp}
 DATA=${DATA:-scratch/data}
@@ -57,6 +58,20 @@ grep -E "runs already|failed|Error|\] " "$RUNS/grid-$TABLE.log" | tail -25
 find "$folder" -name results.json | wc -l | xargs echo "finished runs in $folder (the folder of $TABLE):"
 # metrics.jsonl (the loss curves and router statistics) only with METRICS=1: a few hundred runs' worth is more
 # than one call brings back
-find "$folder" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \) \
+# EXAMPLES=1: and each finished run's per-question loglik files (generations/step-*/<set>.jsonl, what goat-report's
+# paired test reads), cut down to index, choice, choice_norm and gold (their options and scores would not fit)
+if [ "${EXAMPLES:-0}" = 1 ]; then
+  python3 - "$folder" <<'PYTHON'
+import glob, json, sys
+for path in glob.glob(f"{sys.argv[1]}/**/generations/step-*/*.jsonl", recursive=True):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    keep = ("index", "choice", "choice_norm", "gold")
+    if rows and set(rows[0]) > set(keep):
+        with open(path, "w") as handle:
+            handle.writelines(json.dumps({key: row[key] for key in keep}) + "\n" for row in rows)
+PYTHON
+fi
+find "$folder" \( -name results.json -o -name config.yaml $([ "${METRICS:-0}" = 1 ] && echo -o -name metrics.jsonl) \
+  $([ "${EXAMPLES:-0}" = 1 ] && echo -o -path "*/generations/step-*/*.jsonl") \) \
   | tar czf "$OUT/runs-$TABLE.tgz" -T - "$RUNS/grid-$TABLE.log"
 ls -la "$OUT"
