@@ -145,8 +145,9 @@ def swept_choice(spec: dict, root: Path, table_name: str, column: dict, row: str
     oracle, labelled ORACLE. Points whose runs held out different rows are refused: they trained on different data.
     """
     points = sweep_cells(spec, root, table_name, column, row)
-    if len(points) == 1:
-        cell = next(iter(points.values()))
+    if len(points) == 1:  # nothing to choose: a table without a sweep, or a row swept at one value (by_row)
+        suffix, cell = next(iter(points.items()))
+        cell = replace(cell, chosen=suffix)
         return cell, cell
     held = set().union(*(cell.heldout for cell in points.values()))
     if len(held) > 1:
