@@ -126,6 +126,11 @@ def winner_line(group: str, columns: list[str], pooled: dict[str, tuple]) -> str
         return f"- {group}: fewer than two rows have runs; no winner yet."
     first, second = ranked[:2]
     test = compare(pooled[first], pooled[second], group)
+    if test.difference == 0:
+        return (
+            f"- **{group}** ({', '.join(columns)}; {test.questions:,} questions): no single winner: {first} and "
+            f"{second} tie at {score(pooled[first]):.2f}."
+        )
     verdict = (
         f"the paired test tells it from noise (p < {LEVEL})"
         if test.p_value < LEVEL

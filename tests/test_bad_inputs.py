@@ -75,9 +75,18 @@ CONFIG_CASES = {
     "unknown decoding": (["task.decoding=beam"], r"task.decoding='beam' is unknown"),
     "greedy pass@k": (["task.num_samples=5"], r"num_samples=5: use 1, or more with task.decoding=sample"),
     "held-out rows unsupported": (
-        ["task.loader=commonsense", "task.heldout_size=10"],
-        r"task.heldout_size=10: task.loader=commonsense cannot hold out training rows; use 0, or a loader that can: "
-        r"glue, packaged, text_files",
+        ["task.loader=math", "task.heldout_size=10"],
+        r"task.heldout_size=10: task.loader=math cannot hold out training rows; use 0, or a loader that can: "
+        r"commonsense, glue, packaged, text_files",
+    ),
+    "commonsense held-out rows without sets": (
+        ["task.loader=commonsense", "task.scoring=loglik", "task.heldout_size=10"],
+        r"task.heldout_size=10 reads each training row as a question of a known set: name them with task.train_sets=",
+    ),
+    "train sets of another loader": (
+        ["task.train_sets=[boolq]"],
+        r"task.train_sets and task.train_format=choice are settings of the commonsense loader, not of "
+        r"task.loader=text_files",
     ),
     "missing resume path": (["resume=/no/such/checkpoint"], r"resume='/no/such/checkpoint': expected never, auto"),
     "model offline": (
