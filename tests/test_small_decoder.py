@@ -14,7 +14,7 @@ from goat.cli import compose
 from goat.config import ConfigError
 from goat.grid import execute, expand
 from goat.report import markdown
-from goat.significance import question_outcomes
+from goat.significance import question_outcomes, winner_line
 from goat.tables import load_spec
 from goat.tasks import load_task
 from goat.tasks.base import DataUnavailableError
@@ -187,10 +187,26 @@ def test_the_grid_runs_and_reports_untrained_chosen_on_intervals_and_the_paired_
         line.startswith("- **In-domain**") for line in lines
     )
     winner = next(line for line in lines if line.startswith("- **Transfer**"))
-    assert "wins with" in winner and "p = " in winner and "24 questions" in winner
+    assert "24 questions" in winner and (("wins with" in winner and "p = " in winner) or " tie at " in winner)
     # the paired test reads each question's outcome, averaged over the row's seeds at its chosen rate
     column = spec["tables"]["small_decoder"]["columns"][0]
     outcomes = question_outcomes(spec, tmp_path / "runs", "small_decoder", column, "untrained")
     rows = [json.loads(line) for line in (runs[0].output_dir / "generations" / "step-00000000" / "arc_e.jsonl").open()]
     assert list(outcomes) == [float(r["choice"] == r["gold"]) for r in rows]
     assert 100 * outcomes.mean() == pytest.approx(final["arc_e/acc"])
+
+
+def test_the_winner_line_names_the_margin_and_the_paired_test():
+    """Three rows on the same 4 questions of one set: x right on 3, y on 1 of them, z on none. x wins by 50 points
+    over y; 2 questions differ, so the exact sign-flip p is 2/4 (only ++ and -- reach |50|): within noise."""
+    sets = np.array(["ARC-e"] * 4)
+    pooled = {
+        "y": (np.array([1.0, 0, 0, 0]), sets),
+        "x": (np.array([1.0, 1, 1, 0]), sets),
+        "z": (np.zeros(4), sets),
+    }
+    line = winner_line("In-domain", ["ARC-e"], pooled)
+    assert line.startswith("- **In-domain** (ARC-e; 4 questions): **x** wins with 75.00, ahead of y (25.00) by +50.00")
+    assert "p = 0.5: within noise" in line
+    tie = winner_line("T", ["ARC-e"], {"x": pooled["x"], "w": (np.array([0.0, 1, 1, 1]), sets)})
+    assert tie.endswith("no single winner: x and w tie at 75.00.")
