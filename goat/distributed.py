@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType
 
 from goat.config import ConfigError
@@ -260,8 +260,6 @@ SUPPORTED = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedTy
 def make_accelerator(trainer_cfg, log_with=None):
     """The run's Accelerator. On a machine without GPUs Accelerate turns FSDP off, so FSDP's CPU path (the
     tests') is switched on here."""
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
-
     fsdp_on_cpu = _launched_on_cpu("FSDP")
     accelerator = Accelerator(
         mixed_precision=trainer_cfg.mixed_precision, cpu=trainer_cfg.cpu or fsdp_on_cpu, log_with=log_with
