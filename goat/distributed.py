@@ -173,13 +173,13 @@ def restore_weights_and_optimizer(accelerator, model, optimizer, saved: dict) ->
     unwrapped = accelerator.unwrap_model(model)
     if is_deepspeed(accelerator):
         if "engine_dir" not in saved:
-            raise ValueError("the checkpoint was written without DeepSpeed (it has no engine/ folder); resume without")
+            raise ValueError("the checkpoint was written without DeepSpeed (no engine/ folder): resume it without it")
         model.load_checkpoint(
             str(saved["engine_dir"]), tag=ENGINE_TAG, load_module_strict=False, load_lr_scheduler_states=False
         )
         return
     if "optimizer" not in saved:
-        raise ValueError("the checkpoint was written under DeepSpeed (engine/ holds the optimizer); resume under it")
+        raise ValueError("the checkpoint was written under DeepSpeed (engine/ holds the optimizer): resume it under it")
     params = dict(unwrapped.named_parameters())
     mismatch = sorted({name for name, p in params.items() if p.requires_grad} ^ set(saved["trainable"]))
     if mismatch:
