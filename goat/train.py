@@ -23,7 +23,7 @@ from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import check_config, check_model, check_output_dir, check_same_run
-from goat.config import ConfigError, record_adapter, resolve_method
+from goat.config import ConfigError, record_adapter
 from goat.tasks import load_task
 
 logger = logging.getLogger("goat")
@@ -128,10 +128,9 @@ def train(cfg, callbacks=()) -> dict:
     t = cfg.trainer
     launched = distributed.process_state(t.cpu)
     adapter_cfg = check_config(cfg, launched.num_processes, distributed.is_deepspeed(launched))
-    resolve_method(cfg)  # as goat.cli.compose does, for a config composed some other way
     check_output_dir(cfg.output_dir)
     adapter_cfg = check_model(adapter_cfg, cfg.model, load_config(cfg.model))
-    record_adapter(cfg, adapter_cfg)  # the target and head names the skeleton resolved, before the resume check
+    record_adapter(cfg, adapter_cfg)  # derived numbers, target and head names written out before the resume check
     run_dir, resume_checkpoint = prepare_run_dir(cfg, launched.is_main_process)
     launched.wait_for_everyone()
     accelerator = distributed.make_accelerator(t, log_with="wandb" if cfg.logger.backend == "wandb" else None)
