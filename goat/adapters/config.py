@@ -1,7 +1,12 @@
 """AdapterConfig: every knob of GOAT and its baselines, with the paper's defaults.
 
 Defaults follow `goat-method.md` ("goat's decisions" 1-4): they reproduce what produced the paper's
-numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few of them per method.
+numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few of them per method: those
+files are the only place a preset is written (goat-train composes them, `method_config` reads them).
+
+Three settings depend on the model and are written `auto` until the model is known: target_modules,
+modules_to_save and model_id. `resolved()` fills the two derived numbers (init_coef, segment_count);
+apply_adapter resolves the rest, so a saved adapter's config holds no `auto` and no None for a default.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from goat.domains import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, SEED, domain_errors, ranged
 
@@ -16,6 +24,9 @@ SCALING_RULES = ("reference", "theory", "lora", "rs")
 SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
 BALANCE_CONVENTIONS = ("reference", "paper")
 DROPOUT_MODES = ("per_expert", "shared")
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "method"  # goat/configs/method/<name>.yaml
+AUTO = "auto"  # target_modules, modules_to_save, model_id: chosen from the model by apply_adapter
+MODEL_RESOLVED = ("target_modules", "modules_to_save", "model_id")
 
 
 @dataclass
@@ -34,11 +45,11 @@ class AdapterConfig:
     r: int = ranged(8, POSITIVE_INT)  # total rank over all experts (paper: ViT/NLG 8, GLUE/CR 32)
     lora_alpha: float = ranged(16.0, POSITIVE)  # paper: alpha = 2r
     lora_dropout: float = ranged(0.05, PROBABILITY)
-    # None: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
+    # auto: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
     # names, or plain suffixes ("q_proj" matches "model.layers.0.self_attn.q_proj").
-    target_modules: list[str] | None = None
-    # Modules trained fully and saved with the adapter (the task head). None: detected by name.
-    modules_to_save: list[str] | None = None
+    target_modules: list[str] | str = AUTO
+    # Modules trained fully and saved with the adapter (the task head). auto: detected by name.
+    modules_to_save: list[str] | str = AUTO
     # MoE (GOAT, MoLoRA, AdaMoLE, HydraLoRA, full-FT MoE).
     num_experts: int = ranged(8, POSITIVE_INT)
     top_k: int = ranged(2, POSITIVE_INT)
@@ -59,7 +70,12 @@ class AdapterConfig:
     seed: int = ranged(0, SEED)  # random segments, router and expert init
     # SVD cache: a directory, or None to disable.
     svd_cache_dir: str | None = "~/.cache/goat/svd"
-    model_id: str | None = None  # identity used in the SVD cache key (defaults to config._name_or_path)
+    model_id: str = AUTO  # identity used in the SVD cache key; auto: the model's config._name_or_path
+
+    def __post_init__(self):
+        for name in MODEL_RESOLVED:  # None is how configs written before `auto` existed spell it
+            if getattr(self, name) is None:
+                setattr(self, name, AUTO)
 
     @property
     def expert_rank(self) -> int:
@@ -82,6 +98,10 @@ class AdapterConfig:
     def effective_segment_count(self) -> int:
         return self.num_experts if self.segment_count is None else self.segment_count
 
+    def resolved(self) -> AdapterConfig:
+        """This config with its derived numbers written out: init_coef (1 / E) and segment_count (E) when None."""
+        return self.replace(init_coef=self.effective_init_coef(), segment_count=self.effective_segment_count())
+
     def replace(self, **changes) -> AdapterConfig:
         return dataclasses.replace(self, **changes)
 
@@ -97,6 +117,15 @@ class AdapterConfig:
         return cls(**values)
 
 
+def preset(method: str) -> dict:
+    """The settings goat/configs/method/<method>.yaml gives over AdapterConfig's defaults (its `method` key too)."""
+    path = PRESETS / f"{method}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise ValueError(f"unknown method {method!r}; choose one of {choices}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def validate_choices(cfg: AdapterConfig) -> None:
     """Checks that need no model: enumerations and MoE shape constraints."""
     for name, allowed in (
@@ -108,6 +137,10 @@ def validate_choices(cfg: AdapterConfig) -> None:
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
+    for name in ("target_modules", "modules_to_save"):
+        value = getattr(cfg, name)
+        if value != AUTO and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"adapter.{name} must be {AUTO!r} or a list of module names, got {value!r}")
     errors = domain_errors(lambda name: getattr(cfg, name), AdapterConfig, "method")
     if errors:
         raise ValueError(errors[0])
