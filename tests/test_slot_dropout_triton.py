@@ -12,7 +12,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 from goat.adapters.slot_dropout import effective_p  # noqa: E402
-from goat.adapters.slot_dropout_triton import drawn_masks, slot_dropout_down_fused  # noqa: E402
+from goat.adapters.slot_dropout_triton import draw_seed, drawn_masks, slot_dropout_down_fused  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -71,3 +71,43 @@ def test_fused_bf16_agrees_with_fp32_formula_and_compiles_without_graph_breaks()
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     explained = torch._dynamo.explain(lambda x, A, s: slot_dropout_down_fused(x, A, s, slots, p))(x, A, seed)
     assert explained.graph_break_count == 0
+
+
+def test_goat_layer_with_the_fused_kernel_equals_the_loop_with_its_masks():
+    """The routed layer with method.dropout_kernel=triton: output and gradients equal the per-expert loop of
+    test_moe_forward given the masks the kernels draw (seed drawn from the default generator at forward)."""
+    from test_moe_forward import goat_layer, loop_reference
+
+    p, tokens, n = 0.3, 14, 20
+    layer = goat_layer(4, 2, 8, n=n, dropout=p).float().to(DEVICE)
+    layer.dropout_kernel = "triton"
+    layer.train()
+    x = torch.randn(2, 7, n, device=DEVICE, requires_grad=True)
+    upstream = torch.randn(2, 7, layer.out_features, device=DEVICE)
+    torch.manual_seed(4)
+    seed = draw_seed(x.device)
+    keep = drawn_masks(seed, 2, tokens, n, p)
+    torch.manual_seed(4)
+    out = layer(x)
+    (out * upstream).sum().backward()
+    params = (layer.lora_A, layer.lora_B, layer.routing.lora_router.weight, x)
+    got = [out.detach()] + [t.grad.clone() for t in params]
+    for t in params:
+        t.grad = None
+    masks = [keep[slot].float() / (1 - effective_p(p)) for slot in range(2)]
+    want = loop_reference(layer, x, masks)
+    (want * upstream).sum().backward()
+    want = [want.detach()] + [t.grad for t in params]
+    for name, a, b in zip(("out", "A", "B", "router", "x"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_goat_layer_with_the_fused_kernel_traces_without_graph_breaks():
+    from test_moe_forward import goat_layer
+
+    layer = goat_layer(4, 2, 8, n=20, dropout=0.1).float().to(DEVICE)
+    layer.dropout_kernel = "triton"
+    layer.train()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(layer)(torch.randn(3, 5, 20, device=DEVICE))
+    assert explained.graph_break_count == 0, explained.break_reasons

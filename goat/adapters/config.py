@@ -12,6 +12,7 @@ apply_adapter resolves the rest, so a saved adapter's config holds no `auto` and
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ SCALING_RULES = ("reference", "theory", "lora", "rs")
 SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
 BALANCE_CONVENTIONS = ("reference", "paper")
 DROPOUT_MODES = ("per_expert", "shared")
+# How routed layers draw their dropout in training: torch ops (any device), or the fused Triton kernels (CUDA;
+# goat/adapters/slot_dropout_triton.py: masks drawn inside the down-projection, nothing of x's size kept)
+DROPOUT_KERNELS = ("torch", "triton")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "method"  # goat/configs/method/<name>.yaml
 AUTO = "auto"  # target_modules, modules_to_save, model_id: chosen from the model by apply_adapter
 MODEL_RESOLVED = ("target_modules", "modules_to_save", "model_id")
@@ -56,6 +60,7 @@ class AdapterConfig:
     balance_coef: float = ranged(1e-3, NON_NEGATIVE)  # lambda, summed over layers (spec §4)
     balance_convention: str = "reference"  # reference = top_k x the paper's Eq. 26-28
     dropout_mode: str = "per_expert"  # independent dropout mask per (token, selected expert)
+    dropout_kernel: str = "torch"  # torch | triton (CUDA, needs the triton package): DROPOUT_KERNELS
     # GOAT initialisation (spec §2) and scaling (spec §3).
     scaling: str = "reference"
     eta: float = ranged(1.0, POSITIVE)  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)
@@ -133,10 +138,13 @@ def validate_choices(cfg: AdapterConfig) -> None:
         ("segments", SEGMENT_CHOICES),
         ("balance_convention", BALANCE_CONVENTIONS),
         ("dropout_mode", DROPOUT_MODES),
+        ("dropout_kernel", DROPOUT_KERNELS),
     ):
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
+    if cfg.dropout_kernel == "triton" and importlib.util.find_spec("triton") is None:
+        raise ValueError("adapter.dropout_kernel=triton needs the triton package (pip install triton); or use torch")
     for name in ("target_modules", "modules_to_save"):
         value = getattr(cfg, name)
         if value != AUTO and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):

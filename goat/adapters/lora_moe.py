@@ -45,6 +45,7 @@ def wrap_targets(model, cfg: AdapterConfig, targets, make_gate, shared_A=False) 
             scaling=scaling,
             dropout=cfg.lora_dropout,
             dropout_mode=cfg.dropout_mode,
+            dropout_kernel=cfg.dropout_kernel,
             shared_A=shared_A,
             balance_coef=cfg.balance_coef,
             balance_convention=cfg.balance_convention,

@@ -10,16 +10,19 @@ the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4)
 int64 tensor drawn from the default generator at each forward), are >= round(p * 2**15). One Philox call serves
 four elements. The same (seed, counter) gives the same mask in every kernel, which is what lets backward redraw it.
 
-Registered with torch.library.triton_op, so torch.compile sees the kernels as graph nodes (no graph break) and
-autograd calls the backward op. The torch path (slot_dropout.py) stays for CPUs, fp64 and for reference tests.
+Registered as torch.library custom ops with fake (shape) implementations, so torch.compile keeps them as graph
+nodes (no graph break, CUDA graphs capture them) and autograd calls the backward op. The torch path
+(slot_dropout.py) stays for CPUs, fp64 and reference tests.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op
 
 from goat.adapters.slot_dropout import CHUNK_BITS, drop_threshold, effective_p
 
@@ -29,9 +32,11 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def fused_supported(x: torch.Tensor, slots: int) -> bool:
-    """The kernels run on CUDA tensors of DTYPES whose Philox counters fit 31 bits."""
+    """The kernels run on CUDA tensors of DTYPES whose Philox counters fit 31 bits (on the CPU only in Triton's
+    interpreter, TRITON_INTERPRET=1, for tests)."""
     tokens, n = x.shape
-    return x.is_cuda and x.dtype in DTYPES and slots * tokens * ((n + 3) // 4) < 2**31
+    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and x.dtype in DTYPES and slots * tokens * ((n + 3) // 4) < 2**31
 
 
 def rank_tile(r: int) -> int:
@@ -118,21 +123,21 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 stays fp32; for 16-bit inputs the flag is unused
 
 
-@triton_op("goat::slot_dropout_down", mutates_args=())
+@custom_op("goat::slot_dropout_down", mutates_args=())
 def slot_dropout_down_fused(x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, slots: int, p: float) -> torch.Tensor:
     """x (T, n), A (r, n), seed (1,) int64 -> act (S, T, r): slot s = dropout_s(x) @ A^T."""
     tokens, n = x.shape
     r = A.shape[0]
     act = torch.empty((slots, tokens, r), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(tokens, TILE_T), slots)
-    wrap_triton(_down_kernel)[grid](
+    _down_kernel[grid](
         x, A, act, seed, tokens, n, r, drop_threshold(p), 1.0 / (1.0 - effective_p(p)),
         BT=TILE_T, BN=TILE_N, BR=rank_tile(r), PRECISION=_precision(x.dtype),
     )  # fmt: skip
     return act
 
 
-@triton_op("goat::slot_dropout_down_backward", mutates_args=())
+@custom_op("goat::slot_dropout_down_backward", mutates_args=())
 def slot_dropout_down_backward(
     grad_act: torch.Tensor, x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, p: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,18 +147,28 @@ def slot_dropout_down_backward(
     grad_act = grad_act.to(x.dtype).contiguous()
     threshold, scale, rank = drop_threshold(p), 1.0 / (1.0 - effective_p(p)), rank_tile(r)
     grad_x = torch.empty_like(x)
-    wrap_triton(_grad_x_kernel)[(triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N))](
+    _grad_x_kernel[(triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N))](
         grad_act, A, grad_x, seed, tokens, n, r, threshold, scale,
         S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
     )  # fmt: skip
     splits = min(GRAD_A_SPLITS, triton.cdiv(tokens, TILE_T))
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), TILE_T) * TILE_T
     parts = torch.empty((splits, r, n), device=x.device, dtype=torch.float32)
-    wrap_triton(_grad_a_kernel)[(triton.cdiv(n, TILE_N), splits)](
+    _grad_a_kernel[(triton.cdiv(n, TILE_N), splits)](
         grad_act, x, parts, seed, tokens, n, r, threshold, scale, rows_per_split,
         S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
     )  # fmt: skip
     return grad_x, parts.sum(0).to(A.dtype)
+
+
+@slot_dropout_down_fused.register_fake
+def _(x, A, seed, slots, p):
+    return x.new_empty((slots, x.shape[0], A.shape[0]))
+
+
+@slot_dropout_down_backward.register_fake
+def _(grad_act, x, A, seed, p):
+    return torch.empty_like(x), torch.empty_like(A)
 
 
 def _setup_context(ctx, inputs, output):
