@@ -1,7 +1,7 @@
 # goat: `make help` lists the targets.
 PYTHON ?= python
 
-.PHONY: help install install-deepspeed test test-slow test-gpu test-distributed lint bench bench-model reproduce-small \
+.PHONY: help install install-deepspeed test test-slow test-triton test-gpu test-distributed lint bench bench-model reproduce-small \
 	reproduce-small-commonsense reproduce-small-sweep reproduce-small-decoder
 
 help:  ## this list
@@ -21,6 +21,10 @@ test-distributed:  ## multi-process tests on the CPU: DDP, and ZeRO-2/3 when Dee
 
 test-slow:  ## slow tests (CPU)
 	$(PYTHON) -m pytest -m "slow"
+
+test-triton:  ## the fused dropout kernels in Triton's CPU interpreter (triton installed into .triton/, about 290 MB)
+	$(PYTHON) -m pip install -q --no-deps --target .triton 'triton>=3.2'
+	PYTHONPATH=.triton TRITON_INTERPRET=1 $(PYTHON) -m pytest tests/test_slot_dropout_triton.py
 
 test-gpu:  ## GPU-only tests (skip without CUDA)
 	$(PYTHON) -m pytest -m "gpu"

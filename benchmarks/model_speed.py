@@ -58,8 +58,10 @@ OPTIONS = {"lora": {}, "dora": {}, "pissa": {}, "goat": TOP_2, "molora": TOP_2,
            # what the dropout costs (a variant is its method's preset with these changes; not in the default run):
            # one mask per token instead of one per routed expert, and no dropout at all, beside LoRA's floor
            "goat-shared": {**TOP_2, "dropout_mode": "shared"}, "goat-nodrop": {**TOP_2, "lora_dropout": 0.0},
-           "lora-nodrop": {"lora_dropout": 0.0}}
-VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop")
+           "lora-nodrop": {"lora_dropout": 0.0},
+           # the fused Triton dropout kernels (masks drawn inside the down-projection), CUDA with triton only
+           "goat-fused": {**TOP_2, "dropout_kernel": "triton"}, "molora-fused": {**TOP_2, "dropout_kernel": "triton"}}
+VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused")
 METHODS = tuple(OPTIONS)
 EAGER_ONLY = ("goat-official",)
 OFFICIAL_BALANCE_COEF = 1e-3  # goat's AdapterConfig.balance_coef default, lambda of the official scripts

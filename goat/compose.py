@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from goat.config import MethodConfig, RunConfig
+from goat.config import MethodConfig, RunConfig, first_domain_error, resolve_method
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("task", "method", "model", "trainer", "logger")
@@ -90,15 +90,21 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def compose(overrides: list[str]):
-    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, or OverrideError with a
-    one-line reason."""
+    """The run config from goat/configs/ (and a hydra.searchpath's folders) plus overrides, with the method's derived
+    numbers written out (goat.config.resolve_method), or OverrideError with a one-line reason (a value outside its
+    domain included: checked from the schema alone, before torch loads)."""
     check_overrides(overrides)
     register_schema()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise OverrideError(one_line(error)) from None
+    problem = first_domain_error(cfg)  # a typo costs a second, not the model's load time
+    if problem:
+        raise OverrideError(problem)
+    resolve_method(cfg)
+    return cfg
 
 
 def register_schema() -> None:

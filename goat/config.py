@@ -2,7 +2,8 @@
 
 `goat/configs/` holds the YAML defaults per group (task, method, model, trainer, logger); this file holds their
 types. A key that is not here, or a value of the wrong type, fails at once with the valid keys listed.
-Method fields default to None, meaning "the method's own default" (goat.adapters.registry.METHODS).
+The method section's schema is AdapterConfig itself, with its defaults; goat/configs/method/<name>.yaml changes a
+few per method, and `resolve_method` writes out the derived numbers, so a composed config shows what runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from goat.adapters.config import AdapterConfig
+from omegaconf import OmegaConf
+
+from goat.adapters.config import AUTO, MODEL_RESOLVED, AdapterConfig, preset
 from goat.domains import (
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
@@ -144,27 +147,23 @@ class LoggerConfig:
 
 
 def _method_schema() -> type:
-    """AdapterConfig's fields, each Optional with None = "the method's default" (registry presets apply)."""
-    fields = []
-    for f in dataclasses.fields(AdapterConfig):
-        if f.name == "method":
-            fields.append(("method", str, field(default="goat")))
-            continue
-        fields.append((f.name, Optional[_resolve(f.type)], field(default=None)))  # noqa: UP045 (OmegaConf reads typing.Optional)
+    """AdapterConfig's fields with AdapterConfig's defaults and OmegaConf-friendly types. init_coef and
+    segment_count default to None only until `resolve_method` writes out 1 / num_experts and num_experts."""
+    fields = [(f.name, _resolve(f.type), field(default=f.default)) for f in dataclasses.fields(AdapterConfig)]
     return dataclasses.make_dataclass("MethodConfig", fields)
 
 
 def _resolve(type_name: str) -> Any:
-    """The annotation strings of AdapterConfig (from __future__ annotations) as OmegaConf-friendly types."""
+    """The annotation strings of AdapterConfig (from __future__ annotations) as types OmegaConf reads."""
     table = {
         "int": int,
         "float": float,
         "str": str,
         "bool": bool,
-        "float | None": float,
-        "str | None": str,
-        "list[str] | None": list[str],
-        "int | None": int,
+        "float | None": Optional[float],  # noqa: UP045 (OmegaConf reads typing.Optional)
+        "int | None": Optional[int],  # noqa: UP045
+        "str | None": Optional[str],  # noqa: UP045 (svd_cache_dir: null turns the cache off)
+        "list[str] | str": Any,  # a list of module names, or "auto"
     }
     return table[type_name]
 
@@ -187,12 +186,42 @@ class RunConfig:
     overwrite: bool = False  # allow training into an output_dir that already holds a finished run
 
 
-def adapter_overrides(method_cfg) -> dict:
-    """The method fields the user or a task set (non-None), for goat.adapters.method_config."""
-    values = {k: v for k, v in dict(method_cfg).items() if v is not None and k != "method"}
-    return {
-        k: list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v for k, v in values.items()
-    }
+def adapter_config(method_cfg) -> AdapterConfig:
+    """The AdapterConfig of a run config's method section (plain Python values)."""
+    return AdapterConfig.from_dict(OmegaConf.to_container(method_cfg, resolve=True))
+
+
+def resolve_method(cfg) -> None:
+    """Writes the method's derived numbers into `cfg.method` in place: init_coef (None: 1 / num_experts) and
+    segment_count (None: num_experts), and `auto` for a target_modules, modules_to_save or model_id given as null.
+    Needs every method value inside its domain (first_domain_error)."""
+    resolved = adapter_config(cfg.method).resolved()
+    for name in ("init_coef", "segment_count", *MODEL_RESOLVED):
+        cfg.method[name] = getattr(resolved, name)
+
+
+def record_adapter(cfg, adapter: AdapterConfig) -> None:
+    """Writes the adapter config as it ran (apply_adapter's, every `auto` resolved) into `cfg.method`."""
+    for name, value in adapter.to_dict().items():
+        cfg.method[name] = value
+
+
+def load_run_config(path):
+    """A run's config.yaml on the current schema. A run written before a key existed gets its default (e.g.
+    model.trust_remote_code); a method value written as null (runs before every value was recorded) means the
+    method's preset, then the derived numbers, as it did when that run trained."""
+    saved = OmegaConf.load(path)
+    method = {k: v for k, v in OmegaConf.to_container(saved.method).items() if v is not None}
+    saved.method = {**preset(method.get("method", "goat")), **method}
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    resolve_method(cfg)
+    return cfg
+
+
+def same_method_setting(before, now) -> bool:
+    """One method value of a saved run and of the current config: `auto` (chosen from the model, which resuming
+    checks separately) matches the list it resolves to."""
+    return before == now or AUTO in (before, now)
 
 
 def first_domain_error(cfg) -> str | None:

@@ -7,19 +7,25 @@ goat/configs/accelerate/zero2.yaml` or `zero3.yaml`) and FSDP2 (`fsdp.yaml`); DD
   optimizer step, and the loss is already divided by the number of micro-batches.
 - ZeRO-3 and FSDP shard the parameters: reading them (checkpoints, the final adapter) gathers them first.
 - Under FSDP the optimizer state is saved whole (trainable parameters only: small for adapters) and sharded
-  again when a checkpoint is loaded.
+  again when a checkpoint is loaded; under DeepSpeed each process saves its part with the engine's own
+  checkpoint (saved_weights_and_optimizer / restore_weights_and_optimizer: the whole engine-specific side of
+  a goat checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType
 
 from goat.config import ConfigError
+
+ENGINE_TAG = "zero"  # the tag of DeepSpeed's own checkpoint inside a goat checkpoint
 
 
 def is_deepspeed(accelerator) -> bool:
@@ -133,6 +139,59 @@ def assign(param, value: torch.Tensor) -> None:
         param.copy_(value)
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of `model` (unwrapped, whole: inside gathered() where the engine shards them), on CPU."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def saved_weights_and_optimizer(accelerator, model, optimizer, engine_dir: Path) -> dict | None:
+    """The trainable tensors and the optimizer state that a checkpoint holds, from any engine; `model` and
+    `optimizer` as accelerator.prepare() returned them. Every process must call it (ZeRO and FSDP gather
+    collectively). The main process gets {"trainable": {name: whole tensor}, "optimizer": state dict}; under
+    DeepSpeed every process writes its part of the optimizer state (and ZeRO-3 its weights) into `engine_dir`,
+    and "engine_dir" stands in for "optimizer". The other processes get None."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    saved = {}
+    if is_deepspeed(accelerator):
+        if accelerator.is_main_process:
+            shutil.rmtree(engine_dir, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        model.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, exclude_frozen_parameters=True)
+        saved["engine_dir"] = Path(engine_dir)
+    with gathered(unwrapped, accelerator):
+        trainable = trainable_state(unwrapped) if accelerator.is_main_process else None
+    if not is_deepspeed(accelerator):  # FSDP gathers it whole: every process takes part
+        saved["optimizer"] = optimizer_state(unwrapped, optimizer.optimizer, accelerator)
+    accelerator.wait_for_everyone()
+    return {"trainable": trainable, **saved} if accelerator.is_main_process else None
+
+
+def restore_weights_and_optimizer(accelerator, model, optimizer, saved: dict) -> None:
+    """Puts back what saved_weights_and_optimizer() returned, on every process: each keeps its shard (FSDP), or
+    the engine reads its own part from saved["engine_dir"] (DeepSpeed; the weights come from there too)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if is_deepspeed(accelerator):
+        if "engine_dir" not in saved:
+            raise ValueError("the checkpoint was written without DeepSpeed (no engine/ folder): resume it without it")
+        model.load_checkpoint(
+            str(saved["engine_dir"]), tag=ENGINE_TAG, load_module_strict=False, load_lr_scheduler_states=False
+        )
+        return
+    if "optimizer" not in saved:
+        raise ValueError("the checkpoint was written under DeepSpeed (engine/ holds the optimizer): resume it under it")
+    params = dict(unwrapped.named_parameters())
+    mismatch = sorted({name for name, p in params.items() if p.requires_grad} ^ set(saved["trainable"]))
+    if mismatch:
+        raise ValueError(
+            "the checkpoint does not match this model's trainable parameters (method or model changed?): "
+            f"first mismatch {mismatch[0]!r}"
+        )
+    for name, value in saved["trainable"].items():
+        assign(params[name], value)
+    load_optimizer_state(unwrapped, optimizer.optimizer, accelerator, saved["optimizer"])
+
+
 def optimizer_state(model, optimizer, accelerator) -> dict:
     """The optimizer's state to save: FSDP's shards gathered into whole tensors keyed by parameter name (every
     process must call this; the main process gets it), else optimizer.state_dict()."""
@@ -201,8 +260,6 @@ SUPPORTED = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedTy
 def make_accelerator(trainer_cfg, log_with=None):
     """The run's Accelerator. On a machine without GPUs Accelerate turns FSDP off, so FSDP's CPU path (the
     tests') is switched on here."""
-    from accelerate import Accelerator, FullyShardedDataParallelPlugin
-
     fsdp_on_cpu = _launched_on_cpu("FSDP")
     accelerator = Accelerator(
         mixed_precision=trainer_cfg.mixed_precision, cpu=trainer_cfg.cpu or fsdp_on_cpu, log_with=log_with

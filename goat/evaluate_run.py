@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 
 def evaluate_run(run_dir: Path) -> dict[str, float]:
     """Reloads the base model, applies <run_dir>/final, evaluates as training did, writes <run_dir>/eval.json
@@ -15,7 +13,7 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     from goat.adapters import load_adapter
-    from goat.config import RunConfig
+    from goat.config import load_run_config
     from goat.models import load_model
     from goat.tasks import load_task
 
@@ -23,8 +21,7 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     for needed in ("config.yaml", "final/adapter_config.json"):
         if not (run_dir / needed).exists():
             raise FileNotFoundError(f"{run_dir / needed} is missing: goat-eval needs the directory of a finished run")
-    # On the current schema: a run written before a key existed gets its default (e.g. model.trust_remote_code).
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_dir / "config.yaml"))
+    cfg = load_run_config(run_dir / "config.yaml")  # on the current schema, older runs included
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=cfg.trainer.cpu)
     set_seed(cfg.trainer.seed)  # as train() did: a model built from its config gets the same weights
     task = load_task(cfg.task, cfg.trainer.seed)

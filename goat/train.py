@@ -23,7 +23,7 @@ from goat import distributed
 from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import check_config, check_model, check_output_dir, check_same_run
-from goat.config import ConfigError
+from goat.config import ConfigError, record_adapter
 from goat.tasks import load_task
 from goat.tasks.records import HELDOUT_SEED, HELDOUT_SPLIT
 
@@ -130,22 +130,24 @@ def train(cfg, callbacks=()) -> dict:
     launched = distributed.process_state(t.cpu)
     adapter_cfg = check_config(cfg, launched.num_processes, distributed.is_deepspeed(launched))
     check_output_dir(cfg.output_dir)
-    check_model(adapter_cfg, cfg.model, load_config(cfg.model))
+    adapter_cfg = check_model(adapter_cfg, cfg.model, load_config(cfg.model))
+    record_adapter(cfg, adapter_cfg)  # derived numbers, target and head names written out before the resume check
     run_dir, resume_checkpoint = prepare_run_dir(cfg, launched.is_main_process)
     launched.wait_for_everyone()
     accelerator = distributed.make_accelerator(t, log_with="wandb" if cfg.logger.backend == "wandb" else None)
     set_seed(t.seed)
     task = load_task(cfg.task, t.seed)
     num_labels = getattr(task, "num_labels", None)  # None for instruction tasks (causal LMs)
-    if accelerator.is_main_process:
-        write_run_info(run_dir, cfg)
-    accelerator.wait_for_everyone()
 
     with distributed.whole_weights(accelerator):
         # random weights are drawn where they train, unless an engine shards them from the host copy
         device = None if distributed.shards_parameters(accelerator) else accelerator.device
         model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None), device)
         model = apply_adapter(model, adapter_cfg)
+    record_adapter(cfg, model.goat_adapter.config)  # config.yaml and W&B say what runs: no `auto` left
+    if accelerator.is_main_process:
+        write_run_info(run_dir, cfg)
+    accelerator.wait_for_everyone()
     loader, evaluator, main_metric = task.pipeline(cfg, tokenizer, accelerator, run_dir)
     log = MetricsLog(run_dir, accelerator, cfg.logger, OmegaConf.to_container(cfg, resolve=True))
     trainer = Trainer(cfg, accelerator, model, loader, evaluator, main_metric, run_dir, log, callbacks)

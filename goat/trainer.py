@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import signal
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,26 +19,10 @@ from tqdm.auto import tqdm
 
 from goat import distributed
 from goat.adapters import auxiliary_loss, expert_load
-from goat.checkpoint import (
-    ENGINE_TAG,
-    engine_staging_dir,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    trainable_state,
-)
+from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
 from goat.compile import compile_blocks, compile_counters
 from goat.config import ConfigError
 from goat.schedule import make_scheduler
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of this epoch already trained on
-    history: list = field(default_factory=list)  # one entry per evaluation
-    best: dict | None = None
 
 
 class Trainer:
@@ -78,28 +61,20 @@ class Trainer:
             self.t.warmup_steps if self.t.warmup_steps is not None else round(self.t.warmup_ratio * self.total_steps)
         )
         self.scheduler = make_scheduler(self.optimizer, self.t.scheduler, warmup, self.total_steps)
-        self.state = TrainState()
+        self.state = TrainState(
+            accelerator=accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            run_dir=self.run_dir,
+        )
         self.stop_requested = False
         self.skipped_steps = 0
         self.compile_logged = False
 
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
-        engine = self.model if self.deepspeed else None
-        model = self.accelerator.unwrap_model(self.model)
-        optimizer = self.optimizer.optimizer
-
-        def restore_optimizer(state):
-            distributed.load_optimizer_state(model, optimizer, self.accelerator, state)
-
-        position = load_checkpoint(checkpoint, model, self.optimizer, self.scheduler, engine, restore_optimizer)
-        self.state = TrainState(
-            step=position["step"],
-            epoch=position["epoch"],
-            batches_in_epoch=position["batches_in_epoch"],
-            history=position.get("history", []),
-            best=position.get("best"),
-        )
+        self.state.load_state_dict(read_checkpoint(checkpoint))
 
     def fit(self) -> TrainState:
         previous = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
@@ -119,41 +94,11 @@ class Trainer:
         return self.state
 
     def save(self) -> Path:
-        position = {
-            "epoch": self.state.epoch,
-            "batches_in_epoch": self.state.batches_in_epoch,
-            "history": self.state.history,
-            "best": self.state.best,
-        }
-        self.accelerator.wait_for_everyone()
-        model = self.accelerator.unwrap_model(self.model)
-        engine_dir, trainable, optimizer_state = None, None, None
-        if self.deepspeed:  # every process writes its part of the optimizer state, and ZeRO-3 its weights
-            engine_dir = engine_staging_dir(self.run_dir, self.state.step)
-            if self.accelerator.is_main_process:
-                shutil.rmtree(engine_dir, ignore_errors=True)
-            self.accelerator.wait_for_everyone()
-            self.model.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, exclude_frozen_parameters=True)
-        if self.deepspeed or distributed.is_fsdp(self.accelerator):
-            with distributed.gathered(model, self.accelerator):
-                trainable = trainable_state(model) if self.accelerator.is_main_process else None
-        if distributed.is_fsdp(self.accelerator):  # gathered whole: collective, every process takes part
-            optimizer_state = distributed.optimizer_state(model, self.optimizer.optimizer, self.accelerator)
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
+        """Writes a checkpoint of the state (every process takes part); returns its folder (the run's elsewhere)."""
+        state = self.state.state_dict()
+        if state is None:  # not the main process
             return self.run_dir
-        return save_checkpoint(
-            self.run_dir,
-            self.state.step,
-            model,
-            self.optimizer,
-            self.scheduler,
-            position,
-            self.t.keep_last,
-            engine_dir=engine_dir,
-            trainable=trainable,
-            optimizer_state=optimizer_state,
-        )
+        return save_checkpoint(self.run_dir, state, self.t.keep_last)
 
     # ----- the loop -----
     def _loop(self, bar) -> None:
@@ -363,6 +308,4 @@ def _compile_summary() -> dict:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

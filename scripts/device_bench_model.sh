@@ -7,6 +7,9 @@
 #                  with one mask per token (decides whether a fused Triton dropout kernel is worth writing)
 #   PART=graphs    lora, goat, molora at 4x512: default and reduce-overhead (CUDA graphs), one step of each profiled
 #                  (kernel counts in the json, the busiest kernels in profiles.txt): is goat's extra time launches?
+#   PART=fused     the fused Triton dropout kernels (method.dropout_kernel=triton): first their GPU tests
+#                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora, goat,
+#                  goat-fused, molora-fused at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
 #                  micro-batch 4 x 512 tokens, compiled, 40 steps + a short generation evaluation
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
@@ -18,7 +21,7 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | recipe}
+PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | recipe}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -30,6 +33,10 @@ case "$PART" in
   dropout) bench --methods lora,lora-nodrop,goat,goat-shared,goat-nodrop --layers 8 --shapes 4x512 --decode-batches '' ;;
   graphs)  bench --methods lora,goat,molora --modes default,reduce-overhead --shapes 4x512 --decode-batches '' \
              --svd-cache /tmp/svd --profile ;;
+  fused)
+    python3 -c "import pytest" 2>/dev/null || python3 -m pip install --no-deps --no-index -q "${WHEELS:-scratch/wheels_ds}"/*.whl
+    python3 -m pytest tests/test_slot_dropout_triton.py -p no:cacheprovider -q -x 2>&1 | tail -15 || exit 1
+    bench --methods lora,goat,goat-fused,molora-fused --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2

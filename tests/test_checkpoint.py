@@ -107,7 +107,7 @@ def test_optimizer_state_loads_without_pickle(tiny_model_dir, keyword_data, tmp_
     ("change", "message"),
     [
         ("method=lora", r"method.method: 'goat' -> 'lora'"),
-        ("method.num_experts=4", r"method.num_experts: the method default -> 4"),
+        ("method.num_experts=4", r"method.num_experts: 8 -> 4"),
         ("task.name=other", r"task.name: 'text_files' -> 'other'"),
     ],
 )

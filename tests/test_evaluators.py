@@ -359,6 +359,18 @@ def test_landlock_alone_confines_writes_and_tcp(tmp_path, monkeypatch):
     assert (tmp_path / "kept.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize("confined", [False, True], ids=["direct", "through-landlock"])
+def test_both_launch_paths_start_the_program_in_isolated_mode(monkeypatch, confined):
+    """One command line starts sandboxed Python (landlock.python_command): directly, or exec'd by landlock.py."""
+    if confined and not filesystem_confined():
+        pytest.skip("no Landlock in this kernel: the confined launch path cannot run here")
+    real = sandbox._launcher()
+    monkeypatch.setattr(sandbox, "_launcher", lambda: sandbox._Launcher(real.prefix, real.drop_to, confined))
+    code = "import sys\nassert sys.flags.isolated and sys.flags.no_user_site, sys.flags\nassert sys.path[0] != ''\n"
+    result = run_program(code, timeout_s=5)
+    assert result.passed, result.detail
+
+
 def test_sandbox_refuses_to_run_when_confinement_fails(monkeypatch, tmp_path):
     """Fail closed: if the kernel refuses the confinement, the program is not run."""
     broken = tmp_path / "landlock.py"  # the real script, on a kernel without Landlock

@@ -188,7 +188,7 @@ def measure(family: str, method: str, kv_heads: int = 32) -> Count:
     """Parameter counts of `method` applied with the paper's settings to a fresh meta model of `family`."""
     with torch.device("meta"), skip_init():
         model = build_model(family, kv_heads)
-        heads = find_heads(model, None)
+        heads = find_heads(model, "auto")
         head = sum(p.numel() for n, p in model.named_parameters() if _inside(n, heads))
         base = sum(p.numel() for p in model.parameters()) - head
         cfg = method_config(method, **SETTINGS[family], svd_cache_dir=None)

@@ -1,14 +1,23 @@
 """AdapterConfig: every knob of GOAT and its baselines, with the paper's defaults.
 
 Defaults follow `goat-method.md` ("goat's decisions" 1-4): they reproduce what produced the paper's
-numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few of them per method.
+numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few of them per method: those
+files are the only place a preset is written (goat-train composes them, `method_config` reads them).
+
+Three settings depend on the model and are written `auto` until the model is known: target_modules,
+modules_to_save and model_id. `resolved()` fills the two derived numbers (init_coef, segment_count);
+apply_adapter resolves the rest, so a saved adapter's config holds no `auto` and no None for a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from goat.domains import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, SEED, domain_errors, ranged
 
@@ -16,6 +25,12 @@ SCALING_RULES = ("reference", "theory", "lora", "rs")
 SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
 BALANCE_CONVENTIONS = ("reference", "paper")
 DROPOUT_MODES = ("per_expert", "shared")
+# How routed layers draw their dropout in training: torch ops (any device), or the fused Triton kernels (CUDA;
+# goat/adapters/slot_dropout_triton.py: masks drawn inside the down-projection, nothing of x's size kept)
+DROPOUT_KERNELS = ("torch", "triton")
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "method"  # goat/configs/method/<name>.yaml
+AUTO = "auto"  # target_modules, modules_to_save, model_id: chosen from the model by apply_adapter
+MODEL_RESOLVED = ("target_modules", "modules_to_save", "model_id")
 
 
 @dataclass
@@ -34,17 +49,18 @@ class AdapterConfig:
     r: int = ranged(8, POSITIVE_INT)  # total rank over all experts (paper: ViT/NLG 8, GLUE/CR 32)
     lora_alpha: float = ranged(16.0, POSITIVE)  # paper: alpha = 2r
     lora_dropout: float = ranged(0.05, PROBABILITY)
-    # None: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
+    # auto: every nn.Linear except the head. Otherwise regexes matched (re.fullmatch) against module
     # names, or plain suffixes ("q_proj" matches "model.layers.0.self_attn.q_proj").
-    target_modules: list[str] | None = None
-    # Modules trained fully and saved with the adapter (the task head). None: detected by name.
-    modules_to_save: list[str] | None = None
+    target_modules: list[str] | str = AUTO
+    # Modules trained fully and saved with the adapter (the task head). auto: detected by name.
+    modules_to_save: list[str] | str = AUTO
     # MoE (GOAT, MoLoRA, AdaMoLE, HydraLoRA, full-FT MoE).
     num_experts: int = ranged(8, POSITIVE_INT)
     top_k: int = ranged(2, POSITIVE_INT)
     balance_coef: float = ranged(1e-3, NON_NEGATIVE)  # lambda, summed over layers (spec §4)
     balance_convention: str = "reference"  # reference = top_k x the paper's Eq. 26-28
     dropout_mode: str = "per_expert"  # independent dropout mask per (token, selected expert)
+    dropout_kernel: str = "torch"  # torch | triton (CUDA, needs the triton package): DROPOUT_KERNELS
     # GOAT initialisation (spec §2) and scaling (spec §3).
     scaling: str = "reference"
     eta: float = ranged(1.0, POSITIVE)  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)
@@ -59,7 +75,12 @@ class AdapterConfig:
     seed: int = ranged(0, SEED)  # random segments, router and expert init
     # SVD cache: a directory, or None to disable.
     svd_cache_dir: str | None = "~/.cache/goat/svd"
-    model_id: str | None = None  # identity used in the SVD cache key (defaults to config._name_or_path)
+    model_id: str = AUTO  # identity used in the SVD cache key; auto: the model's config._name_or_path
+
+    def __post_init__(self):
+        for name in MODEL_RESOLVED:  # None is how configs written before `auto` existed spell it
+            if getattr(self, name) is None:
+                setattr(self, name, AUTO)
 
     @property
     def expert_rank(self) -> int:
@@ -82,6 +103,10 @@ class AdapterConfig:
     def effective_segment_count(self) -> int:
         return self.num_experts if self.segment_count is None else self.segment_count
 
+    def resolved(self) -> AdapterConfig:
+        """This config with its derived numbers written out: init_coef (1 / E) and segment_count (E) when None."""
+        return self.replace(init_coef=self.effective_init_coef(), segment_count=self.effective_segment_count())
+
     def replace(self, **changes) -> AdapterConfig:
         return dataclasses.replace(self, **changes)
 
@@ -97,6 +122,15 @@ class AdapterConfig:
         return cls(**values)
 
 
+def preset(method: str) -> dict:
+    """The settings goat/configs/method/<method>.yaml gives over AdapterConfig's defaults (its `method` key too)."""
+    path = PRESETS / f"{method}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise ValueError(f"unknown method {method!r}; choose one of {choices}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def validate_choices(cfg: AdapterConfig) -> None:
     """Checks that need no model: enumerations and MoE shape constraints."""
     for name, allowed in (
@@ -104,10 +138,17 @@ def validate_choices(cfg: AdapterConfig) -> None:
         ("segments", SEGMENT_CHOICES),
         ("balance_convention", BALANCE_CONVENTIONS),
         ("dropout_mode", DROPOUT_MODES),
+        ("dropout_kernel", DROPOUT_KERNELS),
     ):
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
+    if cfg.dropout_kernel == "triton" and importlib.util.find_spec("triton") is None:
+        raise ValueError("adapter.dropout_kernel=triton needs the triton package (pip install triton); or use torch")
+    for name in ("target_modules", "modules_to_save"):
+        value = getattr(cfg, name)
+        if value != AUTO and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"adapter.{name} must be {AUTO!r} or a list of module names, got {value!r}")
     errors = domain_errors(lambda name: getattr(cfg, name), AdapterConfig, "method")
     if errors:
         raise ValueError(errors[0])

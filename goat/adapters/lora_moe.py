@@ -16,7 +16,7 @@ from goat.adapters.config import AdapterConfig
 from goat.adapters.goat import init_goat_layer, segment_indices
 from goat.adapters.moe import MoELoRALinear, RoutingContext, ThresholdGate, TopKGate, adapter_dtype
 from goat.adapters.surgery import install_mask_hook, replace_module
-from goat.adapters.svd import model_identity, selected_triplets
+from goat.adapters.svd import selected_triplets
 
 
 def check_rank_fits(model: nn.Module, targets: list[str], rank: int) -> None:
@@ -45,6 +45,7 @@ def wrap_targets(model, cfg: AdapterConfig, targets, make_gate, shared_A=False) 
             scaling=scaling,
             dropout=cfg.lora_dropout,
             dropout_mode=cfg.dropout_mode,
+            dropout_kernel=cfg.dropout_kernel,
             shared_A=shared_A,
             balance_coef=cfg.balance_coef,
             balance_convention=cfg.balance_convention,
@@ -68,7 +69,7 @@ def build_goat(model, cfg: AdapterConfig, targets, initialize: bool = True):
         # (r,) singular indices; expert i takes columns [i*d, (i+1)*d), d = r / E, whatever the segment count
         count = cfg.effective_segment_count()
         indices[name] = segment_indices(h, count, cfg.r // count, cfg.segments, generator)
-    report = selected_triplets(weights, indices, model_identity(model, cfg.model_id), cfg.svd_cache_dir)
+    report = selected_triplets(weights, indices, cfg.model_id, cfg.svd_cache_dir)
     for name, layer in layers.items():
         init_goat_layer(layer, report.triplets[name], cfg)
     model.goat_svd_report = report

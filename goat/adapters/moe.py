@@ -20,6 +20,11 @@ from torch import nn
 
 from goat.adapters.slot_dropout import slot_dropout_down
 
+try:
+    from goat.adapters import slot_dropout_triton as fused
+except ImportError:  # triton is optional: without it dropout_kernel=triton is refused with the config
+    fused = None
+
 
 @dataclass
 class RoutingContext:
@@ -169,6 +174,7 @@ class MoELoRALinear(nn.Module):
         scaling: torch.Tensor,
         dropout: float,
         dropout_mode: str = "per_expert",
+        dropout_kernel: str = "torch",
         shared_A: bool = False,
         balance_coef: float = 0.0,
         balance_convention: str = "reference",
@@ -188,6 +194,7 @@ class MoELoRALinear(nn.Module):
         self.register_buffer("scaling", scaling.to(device=device, dtype=torch.float32), persistent=False)
         self.dropout = dropout
         self.dropout_mode = "shared" if shared_A or not isinstance(gate, TopKGate) else dropout_mode
+        self.dropout_kernel = dropout_kernel
         self.shared_A = shared_A
         self.residual_factors: tuple[torch.Tensor, torch.Tensor] | None = None
         if device.type != "meta":
@@ -203,7 +210,7 @@ class MoELoRALinear(nn.Module):
         A = self.lora_A.to(x2d.dtype)
         if self.training and self.dropout > 0:
             slots = self.routing.gate.top_k if self.dropout_mode == "per_expert" else 1
-            act = slot_dropout_down(x2d, A, slots, self.dropout)  # (S, T, rank of A)
+            act = self.dropped_down_projection(x2d, A, slots)  # (S, T, rank of A)
             if slots > 1:  # slot j keeps only the expert it routed to: (S, T, E)
                 slot = torch.arange(slots, device=rank.device)[:, None, None]
                 coef = torch.where(rank[None] == slot, coef[None], 0.0)
@@ -213,6 +220,19 @@ class MoELoRALinear(nn.Module):
         mixed = (act * coef.view(-1, tokens, experts, 1)).sum(0)  # (T, E, d)
         delta = mixed.reshape(tokens, experts * d).to(x2d.dtype) @ self.lora_B.to(x2d.dtype).t()  # (T, m)
         return result + delta.view(*leading, self.out_features).to(result.dtype)
+
+    def dropped_down_projection(self, x2d: torch.Tensor, A: torch.Tensor, slots: int) -> torch.Tensor:
+        """(S, T, rank of A): each slot's own dropout of x2d (T, n), down-projected by A; by torch ops or by the
+        fused Triton kernels (dropout_kernel=triton), which draw the masks inside the product."""
+        if self.dropout_kernel == "torch":
+            return slot_dropout_down(x2d, A, slots, self.dropout)
+        if fused is None or not fused.fused_supported(x2d, slots):
+            raise RuntimeError(
+                "dropout_kernel=triton needs triton and CUDA tensors of bf16, fp16 or fp32 (or TRITON_INTERPRET=1); "
+                f"got {x2d.device.type} {x2d.dtype}: use method.dropout_kernel=torch"
+            )
+        seed = fused.draw_seed(x2d.device)
+        return fused.slot_dropout_down_fused(x2d.contiguous(), A.contiguous(), seed, slots, self.dropout)
 
     # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
     def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:

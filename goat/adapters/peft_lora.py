@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from goat.adapters.config import AdapterConfig
 from goat.adapters.moe import apply_residual
-from goat.adapters.svd import model_identity, selected_triplets
+from goat.adapters.svd import selected_triplets
 
 INITIAL_ADAPTER = "initial"
 
@@ -61,10 +61,9 @@ def _svd_init(peft_model, cfg: AdapterConfig, principal: bool) -> None:
     for name, weight in weights.items():
         h = min(weight.shape)
         indices[name] = torch.arange(cfg.r) if principal else torch.arange(h - cfg.r, h)
-    model_id = model_identity(peft_model.base_model.model, cfg.model_id)
-    report = selected_triplets(weights, indices, model_id, cfg.svd_cache_dir)
+    report = selected_triplets(weights, indices, cfg.model_id, cfg.svd_cache_dir)
     shrink = cfg.rho if cfg.svd_shrink else 1.0
-    coef = 1.0 if cfg.init_coef is None else cfg.init_coef
+    coef = cfg.effective_init_coef()  # the presets give 1 (the original papers), goat/configs/method/pissa.yaml
     for name, layer in layers.items():
         found = report.triplets[name]
         s = layer.scaling["default"]

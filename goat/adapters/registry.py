@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
-from goat.adapters.config import AdapterConfig, validate_choices, validate_moe
+from goat.adapters.config import AUTO, AdapterConfig, preset, validate_choices, validate_moe
 from goat.adapters.full_moe import build_full_ft, build_full_moe
 from goat.adapters.lora_moe import build_adamole, build_goat, build_hydralora, build_molora
 from goat.adapters.peft_lora import build_peft_lora
 from goat.adapters.surgery import count_parameters, find_heads, find_targets, freeze_except
+from goat.adapters.svd import model_identity
 
 logger = logging.getLogger(__name__)
 
@@ -23,22 +24,18 @@ class Method:
     build: Callable  # (model, cfg, targets, initialize) -> model, or (model, cfg, targets, heads) for PEFT
     backend: str  # "goat": goat's own layers and checkpoint format; "peft": PEFT's
     moe: bool = False  # routes tokens: validate (r, E, top_k) and add the balance loss
-    defaults: dict = field(default_factory=dict)  # preset values over AdapterConfig's defaults
 
 
 def _peft(variant: str) -> Callable:
     return functools.partial(build_peft_lora, variant=variant)
 
 
-# Presets: spec §7. The MoE baselines use the standard LoRA scaling alpha / r ("w/o MS", spec §3:
-# MoLoRA's Table 1 score equals Table 5's "no SVD, w/o MS"); HydraLoRA routes densely over its heads
-# as in its paper (top_k = num_experts); AdaMoLE's gate chooses how many experts are active, so its
-# dropout is one mask per token.
+# Each method's preset settings (spec §7) live in goat/configs/method/<name>.yaml, read by `method_config`.
 METHODS: dict[str, Method] = {
     "goat": Method(build_goat, "goat", moe=True),
-    "molora": Method(build_molora, "goat", moe=True, defaults={"scaling": "lora"}),
-    "adamole": Method(build_adamole, "goat", moe=True, defaults={"scaling": "lora", "dropout_mode": "shared"}),
-    "hydralora": Method(build_hydralora, "goat", moe=True, defaults={"scaling": "lora", "top_k": 8}),
+    "molora": Method(build_molora, "goat", moe=True),
+    "adamole": Method(build_adamole, "goat", moe=True),
+    "hydralora": Method(build_hydralora, "goat", moe=True),
     "full_ft_moe": Method(build_full_moe, "goat", moe=True),
     "full_ft": Method(build_full_ft, "goat"),
     "lora": Method(_peft("lora"), "peft"),
@@ -50,10 +47,10 @@ METHODS: dict[str, Method] = {
 
 
 def method_config(method: str, **overrides) -> AdapterConfig:
-    """The preset of `method` (AdapterConfig defaults + the method's defaults) with `overrides` on top."""
+    """The preset of `method` (AdapterConfig defaults + goat/configs/method/<method>.yaml) with `overrides` on top."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    return AdapterConfig.from_dict({**METHODS[method].defaults, **overrides, "method": method})
+    return AdapterConfig.from_dict({**preset(method), **overrides, "method": method})
 
 
 def validate(cfg: AdapterConfig) -> None:
@@ -71,12 +68,15 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
     Targets: every nn.Linear outside the task head and lm_head, or those matching cfg.target_modules.
     The head (cfg.modules_to_save, or children named classifier/score/head) trains fully; everything
     else is frozen, except for full_ft and full_ft_moe, which train every parameter.
+    `adapted.goat_adapter.config` is `cfg` as it ran: every `auto` and every derived None written out.
     """
     validate(cfg)
     was_training = model.training
     method = METHODS[cfg.method]
     heads = find_heads(model, cfg.modules_to_save)
     targets = find_targets(model, cfg.target_modules, heads)
+    model_id = model_identity(model) if cfg.model_id == AUTO else cfg.model_id
+    cfg = cfg.resolved().replace(target_modules=targets, modules_to_save=heads, model_id=model_id)
     if method.backend == "peft":
         adapted = method.build(model, cfg, targets, heads)
     else:

@@ -7,6 +7,7 @@ import re
 import torch
 from torch import nn
 
+from goat.adapters.config import AUTO
 from goat.adapters.moe import RoutingContext
 
 # Task heads by the attribute names that transformers' task models use (classifier: BERT/RoBERTa/CLIP,
@@ -16,10 +17,11 @@ HEAD_NAMES = ("classifier", "score", "head", "heads")
 FROZEN_NAMES = ("lm_head",)
 
 
-def find_heads(model: nn.Module, modules_to_save: list[str] | None) -> list[str]:
-    """Module names of the task head: `modules_to_save` if given, else top-level children named as in HEAD_NAMES."""
+def find_heads(model: nn.Module, modules_to_save: list[str] | str) -> list[str]:
+    """Module names of the task head: `modules_to_save` if a list, else (auto) top-level children named as in
+    HEAD_NAMES."""
     names = dict(model.named_modules())
-    if modules_to_save is not None:
+    if modules_to_save != AUTO:
         missing = [name for name in modules_to_save if name not in names]
         if missing:
             raise ValueError(
@@ -38,11 +40,11 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(re.fullmatch(p, name) or name == p or name.endswith("." + p) for p in patterns)
 
 
-def find_targets(model: nn.Module, target_modules: list[str] | None, heads: list[str]) -> list[str]:
-    """Names of the nn.Linear layers to adapt: all of them outside the head and lm_head, or those matching."""
+def find_targets(model: nn.Module, target_modules: list[str] | str, heads: list[str]) -> list[str]:
+    """Names of the nn.Linear layers to adapt: all of them outside the head and lm_head (auto), or those matching."""
     excluded = list(heads) + [n for n, _ in model.named_children() if n in FROZEN_NAMES]
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _inside(name, excluded)]
-    if target_modules is None:
+    if target_modules == AUTO:
         chosen = linear
     else:
         chosen = [name for name in linear if _matches(name, target_modules)]

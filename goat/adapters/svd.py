@@ -44,10 +44,9 @@ class SVDReport:
     from_cache: int = 0
 
 
-def model_identity(model: nn.Module, configured: str | None) -> str:
-    """What identifies the pretrained weights in the SVD cache key (the weight fingerprint guards the rest)."""
-    if configured:
-        return configured
+def model_identity(model: nn.Module) -> str:
+    """What identifies the pretrained weights in the SVD cache key when model_id is auto (the weight fingerprint
+    guards the rest): the model's config._name_or_path, or its class name."""
     name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     return name or type(model).__name__
 

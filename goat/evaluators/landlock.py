@@ -84,6 +84,12 @@ def confine(workdir: str) -> int:
     return version
 
 
+def python_command(script: str, *args: str) -> list[str]:
+    """How a sandboxed script is started, here and in sandbox.py: this interpreter in isolated mode (-I: no user
+    site, no PYTHON* variables, the script's folder not on sys.path)."""
+    return [sys.executable, "-I", script, *args]
+
+
 def main(argv: list[str]) -> None:
     workdir, program = argv
     try:
@@ -91,7 +97,8 @@ def main(argv: list[str]) -> None:
     except OSError as error:
         print(f"sandbox: could not confine the program ({error}); not running it", file=sys.stderr)
         sys.exit(EXIT_UNCONFINED)
-    os.execv(sys.executable, [sys.executable, "-I", program])
+    command = python_command(program)
+    os.execv(command[0], command)
 
 
 if __name__ == "__main__":

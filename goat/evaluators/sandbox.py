@@ -35,7 +35,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from goat.evaluators import landlock
 
@@ -47,6 +46,7 @@ _DETAIL_CHARS = 2000  # tail of stderr kept in ExecutionResult.detail
 _FILE_LIMIT_BYTES = 16 * 2**20  # a test program has no reason to write more
 _OPEN_FILES = 64
 _PROCESSES = 256  # only applied under the dedicated uid: per-uid counts would include the caller's processes
+_PROBE_TIMEOUT_S = 20.0  # starting `unshare ... python -I` once, on a loaded machine
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class _Launcher:
 
     def argv(self, workdir: str, script: str) -> list[str]:
         if self.confined:  # landlock.py confines itself, then execs `python -I script`
-            return [*self.prefix, sys.executable, "-I", str(Path(landlock.__file__)), workdir, script]
-        return [*self.prefix, sys.executable, "-I", script]
+            return [*self.prefix, *landlock.python_command(landlock.__file__, workdir, script)]
+        return [*self.prefix, *landlock.python_command(script)]
 
 
 def _limits(timeout_s: float, memory_mb: int, drop_to: int | None) -> Callable[[], None]:
@@ -104,30 +104,10 @@ def _environment(workdir: str) -> dict[str, str]:
 
 def _start_works(launcher: _Launcher) -> bool:
     """Whether a trivial interpreter run succeeds with this launcher (namespaces and uid drop are optional)."""
-    workdir = tempfile.mkdtemp(prefix="goat-sandbox-probe-")
     try:
-        script = os.path.join(workdir, "probe.py")
-        with open(script, "w") as f:
-            f.write("pass\n")
-        if launcher.drop_to is not None:
-            os.chown(workdir, launcher.drop_to, launcher.drop_to)
-            os.chown(script, launcher.drop_to, launcher.drop_to)
-        done = subprocess.run(
-            launcher.argv(workdir, script),
-            cwd=workdir,
-            env=_environment(workdir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_limits(5.0, 1024, launcher.drop_to),
-            timeout=20,
-            start_new_session=True,
-        )
-        return done.returncode == 0
+        return _execute(launcher, "pass\n", _PROBE_TIMEOUT_S, memory_mb=1024).passed
     except (OSError, subprocess.SubprocessError):
         return False
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @functools.cache
@@ -147,7 +127,7 @@ def _launcher() -> _Launcher:
                     if not confined:
                         log.warning("sandbox: no Landlock here; generated code can write outside its folder")
                     return launcher
-    raise RuntimeError(f"cannot start {sys.executable} -I in a subprocess; check that the interpreter runs")
+    raise RuntimeError(f"cannot start {sys.executable} in a subprocess; check that the interpreter runs")
 
 
 def filesystem_confined() -> bool:
@@ -205,7 +185,11 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> 
     """
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError(f"run_program needs timeout_s > 0 and memory_mb > 0, got {timeout_s}, {memory_mb}")
-    launcher = _launcher()
+    return _execute(_launcher(), source, timeout_s, memory_mb)
+
+
+def _execute(launcher: _Launcher, source: str, timeout_s: float, memory_mb: int) -> ExecutionResult:
+    """The one way a program is started (run_program, and the probe of each launcher)."""
     workdir = tempfile.mkdtemp(prefix="goat-sandbox-")
     try:
         script = os.path.join(workdir, "program.py")

@@ -1,0 +1,211 @@
+"""Per-slot dropout down-projection as Triton kernels: each slot's mask is drawn inside the matrix product, so
+neither forward nor backward writes a dropped copy of x or keeps a mask (backward draws the same masks again).
+
+    act[s]  = (x * keep_s) @ A^T * c                         x (T, n), A (r, n), act (S, T, r), c = 1 / (1 - p')
+    grad_x  = c * sum_s keep_s * (grad_act[s] @ A)           (T, n)
+    grad_A  = c * sum_s grad_act[s]^T @ (keep_s * x)         (r, n)
+
+The masks (the torch path's distribution, goat.adapters.slot_dropout): element i of row t in slot s is kept where
+the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4) + i // 4, key `seed` (a one-element
+int64 tensor drawn from the default generator at each forward), are >= round(p * 2**15). One Philox call serves
+four elements. The same (seed, counter) gives the same mask in every kernel, which is what lets backward redraw it.
+
+Registered as torch.library custom ops with fake (shape) implementations, so torch.compile keeps them as graph
+nodes (no graph break, CUDA graphs capture them) and autograd calls the backward op. The torch path
+(slot_dropout.py) stays for CPUs, fp64 and reference tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import custom_op
+
+from goat.adapters.slot_dropout import CHUNK_BITS, drop_threshold, effective_p
+
+TILE_T, TILE_N = 64, 64  # rows of x and columns (input features) per program
+GRAD_A_SPLITS = 8  # programs that share grad_A's sum over tokens for one column block (partial sums, then .sum(0))
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def fused_supported(x: torch.Tensor, slots: int) -> bool:
+    """The kernels run on CUDA tensors of DTYPES whose Philox counters fit 31 bits (on the CPU only in Triton's
+    interpreter, TRITON_INTERPRET=1, for tests)."""
+    tokens, n = x.shape
+    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and x.dtype in DTYPES and slots * tokens * ((n + 3) // 4) < 2**31
+
+
+def rank_tile(r: int) -> int:
+    return max(16, triton.next_power_of_2(r))  # tl.dot needs every dimension >= 16
+
+
+@triton.jit
+def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
+    """(BT, 4 BG) bool keep mask: rows (BT, 1) token indices, group_cols (1, BG) indices of 4-element groups."""
+    counter = ((slot * tokens + rows) * groups + group_cols).to(tl.int32)
+    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+    bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # element 4 g + c is output c of group g
+    return (bits & ((1 << CHUNK_BITS) - 1)) >= threshold
+
+
+@triton.jit
+def _down_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, tokens, n, r, threshold, scale,
+                 BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One (BT, r) block of act[slot]: program (token block, slot)."""
+    slot = tl.program_id(1)
+    seed = tl.load(seed_ptr)
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
+    ranks = tl.arange(0, BR)[None, :]  # (1, BR)
+    groups = (n + 3) // 4
+    acc = tl.zeros((BT, BR), dtype=tl.float32)
+    for start in range(0, n, BN):
+        cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
+        x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
+        keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
+        a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
+        acc += tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
+    out = out_ptr + slot * tokens * r + rows * r + ranks
+    tl.store(out, (acc * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
+
+
+@triton.jit
+def _grad_x_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens, n, r, threshold, scale,
+                   S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                   PRECISION: tl.constexpr):  # fmt: skip
+    """One (BT, BN) block of grad_x: program (token block, column block), the slots summed inside."""
+    seed = tl.load(seed_ptr)
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
+    start = tl.program_id(1) * BN
+    cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
+    ranks = tl.arange(0, BR)
+    groups = (n + 3) // 4
+    a = tl.load(a_ptr + ranks[:, None] * n + cols, mask=(ranks[:, None] < r) & (cols < n), other=0.0)  # (BR, BN)
+    acc = tl.zeros((BT, BN), dtype=tl.float32)
+    for slot in tl.static_range(S):
+        g_rows = g_ptr + slot * tokens * r + rows * r + ranks[None, :]
+        g = tl.load(g_rows, mask=(rows < tokens) & (ranks[None, :] < r), other=0.0)  # (BT, BR)
+        product = tl.dot(g, a, input_precision=PRECISION)  # (BT, BN)
+        keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
+        acc += tl.where(keep, product, 0.0)
+    gx = gx_ptr + rows * n + cols
+    tl.store(gx, (acc * scale).to(gx_ptr.dtype.element_ty), mask=(rows < tokens) & (cols < n))
+
+
+@triton.jit
+def _grad_a_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens, n, r, threshold, scale, rows_per_split,
+                   S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                   PRECISION: tl.constexpr):  # fmt: skip
+    """Partial sum of grad_A over one token range: program (column block, split) -> part[split] (BR, BN) in fp32."""
+    seed = tl.load(seed_ptr)
+    start = tl.program_id(0) * BN
+    split = tl.program_id(1)
+    cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
+    ranks = tl.arange(0, BR)
+    groups = (n + 3) // 4
+    acc = tl.zeros((BR, BN), dtype=tl.float32)
+    for first in range(split * rows_per_split, (split + 1) * rows_per_split, BT):
+        rows = first + tl.arange(0, BT)[:, None]  # (BT, 1)
+        x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)  # (BT, BN)
+        for slot in tl.static_range(S):
+            keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
+            g_rows = g_ptr + slot * tokens * r + rows * r + ranks[None, :]
+            g = tl.load(g_rows, mask=(rows < tokens) & (ranks[None, :] < r), other=0.0)  # (BT, BR)
+            acc += tl.dot(tl.trans(g), tl.where(keep, x, 0.0), input_precision=PRECISION)  # (BR, BN)
+    part = part_ptr + split * r * n + ranks[:, None] * n + cols
+    tl.store(part, acc * scale, mask=(ranks[:, None] < r) & (cols < n))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 stays fp32; for 16-bit inputs the flag is unused
+
+
+@custom_op("goat::slot_dropout_down", mutates_args=())
+def slot_dropout_down_fused(x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, slots: int, p: float) -> torch.Tensor:
+    """x (T, n), A (r, n), seed (1,) int64 -> act (S, T, r): slot s = dropout_s(x) @ A^T."""
+    tokens, n = x.shape
+    r = A.shape[0]
+    act = torch.empty((slots, tokens, r), device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(tokens, TILE_T), slots)
+    _down_kernel[grid](
+        x, A, act, seed, tokens, n, r, drop_threshold(p), 1.0 / (1.0 - effective_p(p)),
+        BT=TILE_T, BN=TILE_N, BR=rank_tile(r), PRECISION=_precision(x.dtype),
+    )  # fmt: skip
+    return act
+
+
+@custom_op("goat::slot_dropout_down_backward", mutates_args=())
+def slot_dropout_down_backward(
+    grad_act: torch.Tensor, x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x (T, n) in x's dtype, grad_A (r, n) in A's dtype) for act = slot_dropout_down_fused(x, A, seed, S, p)."""
+    slots, tokens, r = grad_act.shape
+    n = x.shape[1]
+    grad_act = grad_act.to(x.dtype).contiguous()
+    threshold, scale, rank = drop_threshold(p), 1.0 / (1.0 - effective_p(p)), rank_tile(r)
+    grad_x = torch.empty_like(x)
+    _grad_x_kernel[(triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N))](
+        grad_act, A, grad_x, seed, tokens, n, r, threshold, scale,
+        S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
+    )  # fmt: skip
+    splits = min(GRAD_A_SPLITS, triton.cdiv(tokens, TILE_T))
+    rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), TILE_T) * TILE_T
+    parts = torch.empty((splits, r, n), device=x.device, dtype=torch.float32)
+    _grad_a_kernel[(triton.cdiv(n, TILE_N), splits)](
+        grad_act, x, parts, seed, tokens, n, r, threshold, scale, rows_per_split,
+        S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
+    )  # fmt: skip
+    return grad_x, parts.sum(0).to(A.dtype)
+
+
+@slot_dropout_down_fused.register_fake
+def _(x, A, seed, slots, p):
+    return x.new_empty((slots, x.shape[0], A.shape[0]))
+
+
+@slot_dropout_down_backward.register_fake
+def _(grad_act, x, A, seed, p):
+    return torch.empty_like(x), torch.empty_like(A)
+
+
+def _setup_context(ctx, inputs, output):
+    x, A, seed, _slots, p = inputs
+    ctx.save_for_backward(x, A, seed)
+    ctx.p = p
+
+
+def _backward(ctx, grad_act):
+    x, A, seed = ctx.saved_tensors
+    grad_x, grad_A = slot_dropout_down_backward(grad_act, x, A, seed, ctx.p)
+    return grad_x, grad_A, None, None, None
+
+
+slot_dropout_down_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def draw_seed(device: torch.device) -> torch.Tensor:
+    """A fresh Philox key from the default generator: (1,) int64 on `device` (no host sync; compiles as a random op)."""
+    return torch.randint(0, 2**62, (1,), device=device)
+
+
+@triton.jit
+def _mask_kernel(keep_ptr, seed_ptr, tokens, n, threshold, BT: tl.constexpr, BN: tl.constexpr):
+    """Writes the masks the other kernels draw, (S, T, n) int8: for tests."""
+    slot = tl.program_id(2)
+    seed = tl.load(seed_ptr)
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]
+    start = tl.program_id(1) * BN
+    cols = start + tl.arange(0, BN)[None, :]
+    keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, (n + 3) // 4, threshold)
+    tl.store(keep_ptr + slot * tokens * n + rows * n + cols, keep.to(tl.int8), mask=(rows < tokens) & (cols < n))
+
+
+def drawn_masks(seed: torch.Tensor, slots: int, tokens: int, n: int, p: float) -> torch.Tensor:
+    """(S, T, n) bool: the masks the kernels use for this seed (what the tests compare against)."""
+    keep = torch.empty((slots, tokens, n), device=seed.device, dtype=torch.int8)
+    grid = (triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N), slots)
+    _mask_kernel[grid](keep, seed, tokens, n, drop_threshold(p), BT=TILE_T, BN=TILE_N)
+    return keep.bool()

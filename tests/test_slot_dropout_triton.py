@@ -1,0 +1,113 @@
+"""The fused per-slot dropout kernels (goat/adapters/slot_dropout_triton.py) against the torch formula with the masks
+the kernels draw. On the CPU they run in Triton's interpreter (TRITON_INTERPRET=1, `make test-triton`); without
+triton installed the module skips. On a GPU (marker gpu) the same checks run in bf16 and fp32."""
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="triton is not installed (make test-triton installs it for the CPU)")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from goat.adapters.slot_dropout import effective_p  # noqa: E402
+from goat.adapters.slot_dropout_triton import draw_seed, drawn_masks, slot_dropout_down_fused  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference(x, A, keep, p):
+    """act[s] = (x * keep_s) @ A^T / (1 - p'), the torch path's formula with the kernels' masks."""
+    return torch.stack([(x * keep[s]) @ A.t() for s in range(keep.shape[0])]) / (1 - effective_p(p))
+
+
+@pytest.mark.parametrize("tokens,n,r,slots", [(70, 72, 12, 2), (64, 128, 32, 2), (9, 20, 4, 3), (130, 64, 16, 1)])
+def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(tokens, n, r, slots):
+    torch.manual_seed(0)
+    p = 0.3
+    x = torch.randn(tokens, n, device=DEVICE, requires_grad=True)
+    A = torch.randn(r, n, device=DEVICE, requires_grad=True)
+    seed = torch.tensor([987654321], device=DEVICE)
+    upstream = torch.randn(slots, tokens, r, device=DEVICE)
+    act = slot_dropout_down_fused(x, A, seed, slots, p)
+    (act * upstream).sum().backward()
+    got = act.detach(), x.grad.clone(), A.grad.clone()
+    x.grad = A.grad = None
+    keep = drawn_masks(seed, slots, tokens, n, p)
+    want = reference(x, A, keep, p)
+    (want * upstream).sum().backward()
+    for name, a, b in zip(("act", "grad_x", "grad_A"), got, (want.detach(), x.grad, A.grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=name)
+
+
+def test_drawn_masks_are_bernoulli_per_slot_and_depend_on_the_seed():
+    p, slots, tokens, n = 0.05, 2, 512, 256
+    keep = drawn_masks(torch.tensor([1], device=DEVICE), slots, tokens, n, p).double()
+    q = 1 - effective_p(p)
+    sigma = (q * (1 - q) / keep.numel()) ** 0.5
+    assert abs(keep.mean().item() - q) < 4 * sigma
+    joint_sigma = (q * q * (1 - q * q) / keep[0].numel()) ** 0.5
+    assert abs((keep[0] * keep[1]).mean().item() - q * q) < 4 * joint_sigma  # the slots draw independently
+    within = keep[..., 0::4] * keep[..., 1::4]  # two outputs of one Philox call
+    assert abs(within.mean().item() - q * q) < 4 * joint_sigma * 2**0.5
+    other = drawn_masks(torch.tensor([2], device=DEVICE), slots, tokens, n, p).double()
+    assert (other != keep).any()
+    again = drawn_masks(torch.tensor([1], device=DEVICE), slots, tokens, n, p).double()
+    assert torch.equal(again, keep)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernels need CUDA")
+def test_fused_bf16_agrees_with_fp32_formula_and_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    p, slots, tokens, n, r = 0.05, 2, 1024, 4096, 32
+    x = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
+    A = torch.randn(r, n, device="cuda", dtype=torch.bfloat16) / 64
+    seed = torch.tensor([5], device="cuda")
+    keep = drawn_masks(seed, slots, tokens, n, p)
+    want = reference(x.float(), A.float(), keep, p)
+    got = slot_dropout_down_fused(x, A, seed, slots, p).float()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    explained = torch._dynamo.explain(lambda x, A, s: slot_dropout_down_fused(x, A, s, slots, p))(x, A, seed)
+    assert explained.graph_break_count == 0
+
+
+def test_goat_layer_with_the_fused_kernel_equals_the_loop_with_its_masks():
+    """The routed layer with method.dropout_kernel=triton: output and gradients equal the per-expert loop of
+    test_moe_forward given the masks the kernels draw (seed drawn from the default generator at forward)."""
+    from test_moe_forward import goat_layer, loop_reference
+
+    p, tokens, n = 0.3, 14, 20
+    layer = goat_layer(4, 2, 8, n=n, dropout=p).float().to(DEVICE)
+    layer.dropout_kernel = "triton"
+    layer.train()
+    x = torch.randn(2, 7, n, device=DEVICE, requires_grad=True)
+    upstream = torch.randn(2, 7, layer.out_features, device=DEVICE)
+    torch.manual_seed(4)
+    seed = draw_seed(x.device)
+    keep = drawn_masks(seed, 2, tokens, n, p)
+    torch.manual_seed(4)
+    out = layer(x)
+    (out * upstream).sum().backward()
+    params = (layer.lora_A, layer.lora_B, layer.routing.lora_router.weight, x)
+    got = [out.detach()] + [t.grad.clone() for t in params]
+    for t in params:
+        t.grad = None
+    masks = [keep[slot].float() / (1 - effective_p(p)) for slot in range(2)]
+    want = loop_reference(layer, x, masks)
+    (want * upstream).sum().backward()
+    want = [want.detach()] + [t.grad for t in params]
+    for name, a, b in zip(("out", "A", "B", "router", "x"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_goat_layer_with_the_fused_kernel_traces_without_graph_breaks():
+    from test_moe_forward import goat_layer
+
+    layer = goat_layer(4, 2, 8, n=20, dropout=0.1).float().to(DEVICE)
+    layer.dropout_kernel = "triton"
+    layer.train()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(layer)(torch.randn(3, 5, 20, device=DEVICE))
+    assert explained.graph_break_count == 0, explained.break_reasons
