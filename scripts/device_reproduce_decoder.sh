@@ -16,8 +16,8 @@
 #   2. carry part-ab, gguf_wheel, wheels_ds, data            -> builds the model, runs the grid until LIMIT
 #   3. carry gguf_wheel, wheels_ds, data                     -> resumes the grid (finished runs are skipped)
 # Make each call at once after the last: the GGUF parts, the model and the runs folder live only while the machine
-# stays warm. If it went cold before call 3, start again at call 1 and carry call 2's unpacked runs-gpu/small_decoder
-# (results and cut-down per-question files, a few MB) with call 2's list: finished runs are then skipped.
+# stays warm. If it went cold before call 3, start again at call 1 and add the unpacked runs-gpu (results and cut-down
+# per-question files, ~0.2 MB a run) to call 1's list (call 2's has no room): it stays there, finished runs are skipped.
 # Each call that ran the grid returns runs-small_decoder.tgz (results.json, config.yaml and the per-question loglik
 # files cut down to choice/gold, EXAMPLES=1) and summary.txt. Unpack every call's tarball into the same folder here
 # (later ones hold more runs) and render: goat-report --runs runs-gpu --table small_decoder.
