@@ -15,7 +15,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from goat.tasks.base import first_line, hub_offline_unless_reachable
+from goat.config import ModelUnavailableError, first_line
+from goat.tasks.base import hub_offline_unless_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ MODEL_CLASSES = {
 }  # built by load_clip_classifier
 IMAGE_HEADS = ("patch_mean", "zero_shot")  # model.image_head of clip_image_classification
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model or tokenizer could not be found locally nor fetched from the hub."""
 
 
 def resolve_path(name_or_path: str) -> str:

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goat.tasks.base import DataUnavailableError, Task
+from goat.config import DataUnavailableError
+from goat.tasks.base import Task
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate_in_step, generation_pipeline
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 

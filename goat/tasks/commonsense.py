@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from goat.config import DataUnavailableError
 from goat.evaluators.answers import extract_commonsense_answer
-from goat.tasks.base import ChoiceTask, DataUnavailableError, InstructionTask
 from goat.tasks.choices import choice_record
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
+from goat.tasks.instruction import InstructionTask, alpaca_prompt, decoding_kwargs
+from goat.tasks.loglik import ChoiceTask
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 # task name -> folder of the LLM-Adapters layout

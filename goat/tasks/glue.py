@@ -27,7 +27,9 @@ import datasets
 import numpy as np
 
 from goat import metrics
-from goat.tasks.base import DataUnavailableError, TextTask, hub_offline_unless_reachable
+from goat.config import DataUnavailableError
+from goat.tasks.base import hub_offline_unless_reachable
+from goat.tasks.classification import TextTask
 from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 logger = logging.getLogger(__name__)

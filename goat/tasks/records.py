@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from goat.tasks.base import DataUnavailableError, hub_offline_unless_reachable
+from goat.config import DataUnavailableError
+from goat.tasks.base import hub_offline_unless_reachable
 
 # Subsets of evaluation sets (task.max_eval_samples) are drawn with this fixed seed, not the run's: every seed of a
 # method, and every method, is scored on the same examples, so differences between seeds are training noise only.

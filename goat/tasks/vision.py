@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from goat.config import DataUnavailableError, first_line
 from goat.evaluate import evaluate
-from goat.tasks.base import DataUnavailableError, Task, first_line, hub_offline_unless_reachable
+from goat.tasks.base import Task, hub_offline_unless_reachable
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
