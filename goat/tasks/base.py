@@ -9,9 +9,13 @@ goat.tasks.instruction, ChoiceTask in goat.tasks.loglik), so those modules impor
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import Counter
 from collections.abc import Callable
+from urllib.parse import urlparse
 
+import huggingface_hub.constants as hub_constants
 import numpy as np
 
 from goat import metrics
@@ -47,10 +51,6 @@ def majority_baseline(train_labels, validation_labels) -> float:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within `timeout` s (False in HF offline mode)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -64,21 +64,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 class hub_offline_unless_reachable:
     """Within the block, the hub libraries run in offline mode (local cache only, no retries) when the hub does
     not answer: a cached dataset or model still loads, and a missing one fails at once instead of after ~30 s
-    of retries."""
+    of retries. huggingface_hub is switched always; a library that copied its HF_HUB_OFFLINE at import is given
+    by the caller who uses it (`hub_offline_unless_reachable(datasets.config)`), so this module never imports
+    datasets (1.9 s) for a model download."""
+
+    def __init__(self, *configs):
+        self.configs = configs
 
     def __enter__(self):
         self.saved = None
         if hub_reachable():
             return self
-        import huggingface_hub.constants as hub_constants
-
-        modules = [hub_constants]
-        try:
-            import datasets.config as datasets_config
-
-            modules.append(datasets_config)
-        except ImportError:
-            pass
+        modules = [hub_constants, *self.configs]
         self.saved = [(module, module.HF_HUB_OFFLINE) for module in modules]
         for module in modules:
             module.HF_HUB_OFFLINE = True
