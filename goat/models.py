@@ -12,7 +12,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from goat.config import ModelUnavailableError, first_line
@@ -100,16 +108,12 @@ def build_skeleton(model_cfg, model_config, num_labels: int | None):
         if model_cfg.kind == "clip_image_classification":
             if model_cfg.image_head == "zero_shot":
                 return None
-            from transformers import CLIPVisionModel
-
             return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
         return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
 
 
 def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
     """The CLIP vision tower (pretrained, or random from the config) with the reference's patch-mean head."""
-    from transformers import CLIPVisionModel
-
     with _clear_errors(model_cfg.name_or_path, path):
         if model_cfg.from_config:
             tower = CLIPVisionModel(vision_config)
@@ -121,8 +125,6 @@ def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
 def load_clip_zero_shot(model_cfg, path: str, label_names: list[str] | None):
     """CLIP's vision tower + projection, scored against frozen text embeddings of the class names (averaged
     over CLIP prompt templates): the zero-shot head the reference's comment describes (spec §6, §9.14)."""
-    from transformers import CLIPConfig, CLIPModel
-
     if not label_names:
         raise ValueError("model.image_head=zero_shot needs the class names of the dataset (a ClassLabel column)")
     with _clear_errors(model_cfg.name_or_path, path):
