@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from goat.config import CheckpointError
 from goat.distributed import restore_weights_and_optimizer, saved_weights_and_optimizer
 
 STEP_DIR = re.compile(r"step-(\d{8})")
@@ -37,10 +38,6 @@ ENGINE_DIR = "engine"  # DeepSpeed: every process's part of the optimizer state
 RNG_JSON = ("python", "numpy")  # the RNG states kept in rng.json; the tensor ones (torch, cuda) go in state.pt
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or is not intact."""
 
 
 @dataclass(kw_only=True)

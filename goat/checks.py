@@ -13,8 +13,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from goat.adapters import validate
+from goat.adapters.lora_moe import check_rank_fits
+from goat.adapters.surgery import find_heads, find_targets
 from goat.compile import COMPILE_BACKENDS, COMPILE_MODES
 from goat.config import ConfigError, adapter_config, first_domain_error, load_run_config, same_method_setting
+from goat.models import DTYPES, IMAGE_HEADS, MODEL_CLASSES, build_skeleton
 from goat.schedule import SCHEDULES
 from goat.tasks import HELDOUT_LOADERS, LOADERS
 from goat.tasks.instruction import DECODINGS
@@ -32,8 +35,6 @@ def _one_of(key: str, value, valid) -> None:
 
 def check_config(cfg, num_processes: int = 1, deepspeed: bool = False):
     """Checks that need neither data nor weights; returns the adapter config of the method."""
-    from goat.models import DTYPES, IMAGE_HEADS, MODEL_CLASSES
-
     t = cfg.trainer
     check_domains(cfg)
     _one_of("task.loader", cfg.task.loader, sorted(LOADERS))
@@ -154,10 +155,6 @@ def check_model(adapter_cfg, model_cfg, model_config, num_labels: int | None = N
     """The adapter fits the model: target_modules match layers and the rank fits each of them. Checked on a
     skeleton built on the meta device from the model's config (no weights, no memory). Returns adapter_cfg with
     target_modules and modules_to_save resolved to the skeleton's module names (unchanged without a skeleton)."""
-    from goat.adapters.lora_moe import check_rank_fits
-    from goat.adapters.surgery import find_heads, find_targets
-    from goat.models import build_skeleton
-
     skeleton = build_skeleton(model_cfg, model_config, num_labels)
     if skeleton is None:
         return adapter_cfg

@@ -13,10 +13,27 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from goat.compose import GROUPS, OverrideError, available_options, compose, config_dirs, search_path
-from goat.config import ConfigError
+from goat.config import (
+    CheckpointError,
+    ConfigError,
+    DataUnavailableError,
+    ModelUnavailableError,
+    NonFiniteLossError,
+    first_line,
+)
+from goat.multirun import multirun
+
+# Nothing imported at the top of this module loads torch, transformers, peft or accelerate (tests/test_import_graph.py
+# checks it): `import goat.cli` takes 0.3 s, and goat-train answers --help, --cfg and a wrong setting in under 1 s.
+# The run itself (goat.train: 9 s to import), goat-eval (goat.evaluate_run: 9 s) and goat-report (matplotlib: 1 s)
+# are imported where they are used (docs/reliability.md, "Imports").
 
 USAGE = """usage: goat-train [-m] [key=value ...] [--config-dir DIR] [--cfg [job]] [--help]
 
@@ -62,8 +79,6 @@ def with_config_dirs(argv: list[str]) -> list[str]:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from goat.tasks.base import first_line
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv = with_config_dirs(argv)
@@ -113,9 +128,6 @@ def without_flags(argv: list[str]) -> list[str]:
 
 def _write_traceback(program: str) -> Path:
     """The current exception's traceback in a new file of the temporary folder; returns its path."""
-    import tempfile
-    import traceback
-
     handle, path = tempfile.mkstemp(prefix=f"{program}-", suffix=".log")
     with open(handle, "w") as log:
         log.write(traceback.format_exc())
@@ -123,8 +135,6 @@ def _write_traceback(program: str) -> Path:
 
 
 def _train(argv: list[str], show: bool) -> int:
-    from omegaconf import OmegaConf
-
     logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
     try:
         cfg = compose(argv)
@@ -134,11 +144,9 @@ def _train(argv: list[str], show: bool) -> int:
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    from goat.checkpoint import CheckpointError
-    from goat.models import ModelUnavailableError
-    from goat.tasks import DataUnavailableError
-    from goat.train import train
-    from goat.trainer import NonFiniteLossError
+    from accelerate import PartialState  # lazy: accelerate loads torch (note at the top)
+
+    from goat.train import train  # lazy: torch, transformers, peft, accelerate: 9 s (note at the top)
 
     try:
         results = train(cfg)
@@ -148,8 +156,6 @@ def _train(argv: list[str], show: bool) -> int:
     except (NonFiniteLossError, CheckpointError) as error:
         print(f"goat-train: {error}", file=sys.stderr)
         return 1
-    from accelerate import PartialState
-
     if results.get("status") == "finished" and PartialState().is_main_process:  # once, not once per process
         print(results_table(results))
     return 0 if results.get("status") in ("finished", "interrupted") else 1
@@ -158,8 +164,6 @@ def _train(argv: list[str], show: bool) -> int:
 def _multirun(argv: list[str]) -> int:
     """goat-train -m: every job checked, then run by Hydra's launcher; a line per job. Exit 0 when every job
     finished (or was interrupted: its checkpoint is saved), 2 when a setting is wrong, 1 when a job did not run."""
-    from goat.multirun import multirun
-
     logging.basicConfig(level=logging.INFO, format="goat: %(message)s")
     try:
         outcomes = multirun(argv)
@@ -209,7 +213,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="goat-eval", description=eval_main.__doc__)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
-    from goat.evaluate_run import evaluate_run
+    from goat.evaluate_run import evaluate_run  # lazy: torch, transformers, peft: 9 s (note at the top)
 
     try:
         metrics = evaluate_run(args.run_dir)
@@ -229,7 +233,7 @@ def report_main(argv: list[str] | None = None) -> int:
         "--table", action="append", help="a table or figure of goat/paper_results.yaml (repeatable; default: all)"
     )
     args = parser.parse_args(argv)
-    from goat.report import report
+    from goat.report import report  # lazy: matplotlib: 1 s (note at the top)
 
     try:
         for path in report(args.runs, args.out, args.table):

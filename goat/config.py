@@ -48,6 +48,31 @@ class ConfigError(ValueError):
     """A run configuration that cannot work; the message says which key and what to do."""
 
 
+# The other errors a run ends with live here too, beside ConfigError, so that goat-train and goat-train -m catch them
+# without importing the modules that raise them (those load torch: goat.cli stays light, tests/test_import_graph.py).
+class DataUnavailableError(RuntimeError, ValueError):
+    """The task's data cannot be used as given: missing, unreachable, malformed or empty. The message is one line
+    that names the file (with its line or record) and the setting pointing at it; goat-train prints it, exit 2."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model or tokenizer could not be found locally nor fetched from the hub."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or inf loss or gradient with trainer.on_nonfinite=stop."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or is not intact."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors that quote a library's own words."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
 @dataclass
 class TaskConfig:
     name: str = "???"  # glue/cola, offline/...; also the run directory's first level

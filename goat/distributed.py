@@ -20,8 +20,16 @@ import shutil
 from pathlib import Path
 
 import torch
+import transformers.integrations.deepspeed as hf_deepspeed
 from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from goat.config import ConfigError
 
@@ -86,7 +94,7 @@ def gathered(model, accelerator):
         return _fsdp_whole_trainable(model)
     if zero_stage(accelerator) != 3:
         return contextlib.nullcontext()
-    import deepspeed
+    import deepspeed  # lazy: optional (goat[deepspeed]); only ZeRO-3 runs reach this line
 
     return deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad], modifier_rank=None)
 
@@ -95,8 +103,6 @@ def gathered(model, accelerator):
 def _fsdp_whole_trainable(model):
     """Puts a whole copy of each sharded trainable parameter in its place (in fp32, not the bf16 copy that
     FSDP's own unshard() would give under mixed precision), and the shards back afterwards."""
-    from torch.distributed.tensor import DTensor
-
     resharded(model)
     whole: dict[int, torch.nn.Parameter] = {}
     swapped = []
@@ -118,8 +124,6 @@ def _fsdp_whole_trainable(model):
 def resharded(model):
     """Puts every FSDP group of `model` back in its sharded state: after a forward pass without backward
     (evaluation), FSDP keeps the root group's parameters whole, and they are not the optimizer's parameters."""
-    from torch.distributed.fsdp import FSDPModule
-
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
@@ -129,8 +133,6 @@ def resharded(model):
 def assign(param, value: torch.Tensor) -> None:
     """param <- value (a whole tensor), for a plain parameter or an FSDP shard of one (each process keeps
     its own slice of `value`, which every process has: no communication)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
     with torch.no_grad():
         if isinstance(param, DTensor):
             value = distribute_tensor(
@@ -197,8 +199,6 @@ def optimizer_state(model, optimizer, accelerator) -> dict:
     process must call this; the main process gets it), else optimizer.state_dict()."""
     if not is_fsdp(accelerator):
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(resharded(model), optimizer, options=options)
 
@@ -208,8 +208,6 @@ def load_optimizer_state(model, optimizer, accelerator, state: dict) -> None:
     if not is_fsdp(accelerator):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     set_optimizer_state_dict(resharded(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
@@ -282,8 +280,6 @@ def whole_weights(accelerator):
     if zero_stage(accelerator) != 3:
         yield
         return
-    import transformers.integrations.deepspeed as hf_deepspeed
-
     reference = hf_deepspeed._hf_deepspeed_config_weak_ref
     current = reference() if reference is not None else None
     hf_deepspeed.unset_hf_deepspeed_config()

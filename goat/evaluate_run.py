@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from goat.adapters import load_adapter
+from goat.config import load_run_config
+from goat.models import load_model
+from goat.tasks import load_task
+
 
 def evaluate_run(run_dir: Path) -> dict[str, float]:
     """Reloads the base model, applies <run_dir>/final, evaluates as training did, writes <run_dir>/eval.json
     (generation tasks also write their completions under <run_dir>/eval/)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from goat.adapters import load_adapter
-    from goat.config import load_run_config
-    from goat.models import load_model
-    from goat.tasks import load_task
-
     run_dir = Path(run_dir)
     for needed in ("config.yaml", "final/adapter_config.json"):
         if not (run_dir / needed).exists():

@@ -15,17 +15,10 @@ import json
 import statistics
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from goat.results import finished_runs, leaf_cell, sweep_cells
 from goat.tables import run_dir, runs_folder, sweep_values
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def read_metrics(folder: Path) -> list[dict]:
@@ -165,21 +158,18 @@ KINDS = {
 def render_figure(spec: dict, root: Path, name: str, out: Path) -> Path | None:
     """Draws figure `name` of the spec into `out` (PNG); None, and no file, when none of its runs exist."""
     figure = spec["figures"][name]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    try:
-        if not KINDS[figure["kind"]](spec, Path(root), figure, ax):
-            return None
-        fig.suptitle(figure["title"], fontsize=10)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(out, format="png")
-        return out
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, 4.5), dpi=120)  # no pyplot: no backend to choose, no global figure to close
+    ax = fig.subplots()
+    if not KINDS[figure["kind"]](spec, Path(root), figure, ax):
+        return None
+    fig.suptitle(figure["title"], fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    return out
 
 
 def _colors():

@@ -12,10 +12,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from goat.tasks.base import first_line, hub_offline_unless_reachable
+from goat.config import ModelUnavailableError, first_line
+from goat.tasks.base import hub_offline_unless_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +35,6 @@ MODEL_CLASSES = {
 }  # built by load_clip_classifier
 IMAGE_HEADS = ("patch_mean", "zero_shot")  # model.image_head of clip_image_classification
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model or tokenizer could not be found locally nor fetched from the hub."""
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -103,16 +108,12 @@ def build_skeleton(model_cfg, model_config, num_labels: int | None):
         if model_cfg.kind == "clip_image_classification":
             if model_cfg.image_head == "zero_shot":
                 return None
-            from transformers import CLIPVisionModel
-
             return CLIPPatchMeanClassifier(CLIPVisionModel(model_config), num_labels or 2)
         return MODEL_CLASSES[model_cfg.kind].from_config(model_config)
 
 
 def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
     """The CLIP vision tower (pretrained, or random from the config) with the reference's patch-mean head."""
-    from transformers import CLIPVisionModel
-
     with _clear_errors(model_cfg.name_or_path, path):
         if model_cfg.from_config:
             tower = CLIPVisionModel(vision_config)
@@ -124,8 +125,6 @@ def load_clip_classifier(model_cfg, path: str, vision_config, num_labels: int):
 def load_clip_zero_shot(model_cfg, path: str, label_names: list[str] | None):
     """CLIP's vision tower + projection, scored against frozen text embeddings of the class names (averaged
     over CLIP prompt templates): the zero-shot head the reference's comment describes (spec §6, §9.14)."""
-    from transformers import CLIPConfig, CLIPModel
-
     if not label_names:
         raise ValueError("model.image_head=zero_shot needs the class names of the dataset (a ClassLabel column)")
     with _clear_errors(model_cfg.name_or_path, path):

@@ -34,7 +34,15 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from goat.compose import CONFIG_DIR, OverrideError, compose, one_line, register_schema
-from goat.config import ConfigError, first_domain_error
+from goat.config import (
+    CheckpointError,
+    ConfigError,
+    DataUnavailableError,
+    ModelUnavailableError,
+    NonFiniteLossError,
+    first_domain_error,
+    first_line,
+)
 
 logger = logging.getLogger("goat")
 TASK_NAME = "goat-train"  # Hydra's job name: the job's log is <hydra.sweep.dir>/<job number>/goat-train.log
@@ -88,12 +96,7 @@ def run_job(cfg: DictConfig) -> dict:
     """Hydra's task function: one run of a sweep, in this process, a joblib worker or a SLURM job. Returns its
     outcome: status finished or interrupted (SIGTERM: checkpoint saved), refused (a setting, missing data or model,
     or a finished run in output_dir: nothing trained) or failed (a non-finite loss, a broken checkpoint)."""
-    from goat.checkpoint import CheckpointError
-    from goat.models import ModelUnavailableError
-    from goat.tasks import DataUnavailableError
-    from goat.tasks.base import first_line
-    from goat.train import train
-    from goat.trainer import NonFiniteLossError
+    from goat.train import train  # lazy: torch; goat.cli imports this module at the top (see goat/cli.py)
 
     output_dir = str(cfg.output_dir)
     problem = first_domain_error(cfg)  # before torch and the model libraries load

@@ -13,6 +13,7 @@ import io
 import statistics
 from pathlib import Path
 
+from goat.figures import render_figure
 from goat.results import ORACLE, Cell, finished_runs, leaf_cell, sweep_cells, swept_choice
 from goat.significance import significance_markdown
 from goat.tables import (
@@ -250,8 +251,6 @@ def run_models(spec: dict, root: Path, name: str) -> list[str]:
 def report(runs_dir: Path, out_dir: Path, names: list[str] | None = None, spec: dict | None = None) -> list[Path]:
     """Writes <out>/<table>.md and .csv for each table, and <out>/figures/<figure>.png for each figure that has
     runs (all by default, or the named tables and figures); returns the files written."""
-    from goat.figures import render_figure
-
     spec = spec or load_spec()
     figures = spec.get("figures", {})
     known = [*spec["tables"], *figures]

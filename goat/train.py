@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from goat import distributed
@@ -24,8 +25,11 @@ from goat.adapters import apply_adapter, save_adapter
 from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import check_config, check_model, check_output_dir, check_same_run
 from goat.config import ConfigError, record_adapter
+from goat.models import load_config, load_model
 from goat.tasks import load_task
 from goat.tasks.records import HELDOUT_SEED, HELDOUT_SPLIT
+from goat.tracking import MetricsLog
+from goat.trainer import Trainer
 
 logger = logging.getLogger("goat")
 RESULTS = "results.json"
@@ -120,12 +124,6 @@ def write_run_info(run_dir: Path, cfg) -> None:
 
 def train(cfg, callbacks=()) -> dict:
     """Runs the whole job; returns the results (also written to <output_dir>/results.json)."""
-    from accelerate.utils import set_seed
-
-    from goat.models import load_config, load_model
-    from goat.tracking import MetricsLog
-    from goat.trainer import Trainer
-
     t = cfg.trainer
     launched = distributed.process_state(t.cpu)
     adapter_cfg = check_config(cfg, launched.num_processes, distributed.is_deepspeed(launched))

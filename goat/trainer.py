@@ -21,7 +21,7 @@ from goat import distributed
 from goat.adapters import auxiliary_loss, expert_load
 from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
 from goat.compile import compile_blocks, compile_counters
-from goat.config import ConfigError
+from goat.config import ConfigError, NonFiniteLossError
 from goat.schedule import make_scheduler
 
 
@@ -244,10 +244,6 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         """SIGTERM: finish the current optimizer step, save a checkpoint, and return."""
         self.stop_requested = True
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN or inf loss or gradient with trainer.on_nonfinite=stop."""
 
 
 class _Window:

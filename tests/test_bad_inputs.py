@@ -30,7 +30,7 @@ def guarded(monkeypatch):
 
         return loader
 
-    monkeypatch.setattr(goat.models, "load_model", forbid("model weights"))
+    monkeypatch.setattr(goat.train, "load_model", forbid("model weights"))  # the name train() calls
 
     def guard(data: bool):
         if data:

@@ -8,8 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from goat.config import TaskConfig
-from goat.tasks.base import DataUnavailableError
+from goat.config import DataUnavailableError, TaskConfig
 from goat.tasks.glue import GLUE_TASKS, load_glue
 from goat.tasks.records import seeded_subset, split_heldout
 

@@ -305,7 +305,7 @@ def test_several_samples_give_unbiased_pass_at_1_and_pass_at_10(monkeypatch, tmp
     from torch import nn
 
     from goat.tasks import instruction
-    from goat.tasks.base import InstructionTask
+    from goat.tasks.instruction import InstructionTask
 
     answers = {"a": ["right"] * 3 + ["wrong"] * 7, "b": ["wrong"] * 10}
     monkeypatch.setattr(

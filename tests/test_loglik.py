@@ -12,10 +12,16 @@ from conftest import train_and_losses
 
 from goat.checks import check_config
 from goat.cli import compose
-from goat.config import ConfigError
-from goat.tasks.base import ChoiceTask, DataUnavailableError
+from goat.config import ConfigError, DataUnavailableError
 from goat.tasks.choices import choice_record, parse_instruction, scoring_pairs
-from goat.tasks.loglik import continuation_logprobs, encode_pair, encode_records, evaluate_loglik, score_records
+from goat.tasks.loglik import (
+    ChoiceTask,
+    continuation_logprobs,
+    encode_pair,
+    encode_records,
+    evaluate_loglik,
+    score_records,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from goat.config import ConfigError
-from goat.tasks.base import DataUnavailableError, Task, TextTask
+from goat.config import ConfigError, DataUnavailableError
+from goat.tasks.base import Task
+from goat.tasks.classification import TextTask
 
 # loader name -> "module:function"; imported on use so that a task's dependencies load only when needed.
 LOADERS = {

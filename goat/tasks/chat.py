@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goat.tasks.base import DataUnavailableError, Task
+from accelerate.utils import gather_object
+
+from goat.config import DataUnavailableError
+from goat.tasks.base import Task
 from goat.tasks.instruction import alpaca_prompt, decoding_kwargs, generate_in_step, generation_pipeline
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
@@ -83,8 +86,6 @@ def second_turn_prompt(first_question: str, first_answer: str, second_question: 
 
 def write_mt_bench_answers(model, tokenizer, task: ChatTask, accelerator, batch_size: int, out_dir: Path) -> dict:
     """Answers both turns of every question (main process order), writes FastChat's answer file; returns counts."""
-    from accelerate.utils import gather_object
-
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()

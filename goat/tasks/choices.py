@@ -15,7 +15,7 @@ Each option becomes one (context, continuation) pair; the model scores " " + con
 
 from __future__ import annotations
 
-from goat.tasks.base import DataUnavailableError
+from goat.config import DataUnavailableError
 
 FORMAT = "Answer format:"
 QUESTION_PROMPT = "Question: {question}\nAnswer:"

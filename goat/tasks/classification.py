@@ -1,11 +1,46 @@
-"""Turns a TextTask's splits into tokenised batches for a sequence-classification model."""
+"""TextTask (labelled text for sequence classification) and its pipeline: tokenised batches and argmax scoring."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from goat.evaluate import evaluate
+from goat.tasks.base import MetricFn, Task
+
+
+@dataclass
+class TextTask(Task):
+    """Labelled text for sequence classification (or regression when num_labels == 1).
+
+    splits: split name -> `datasets.Dataset` with a column "text" (the model's whole input, prompt prefix
+        included) and a column "label" (int class id; float for regression). Must hold "train" and every
+        name in `eval_splits`.
+    eval_splits: the splits evaluated after each epoch, in report order (MNLI: matched, mismatched).
+    compute_metrics(predictions, labels) -> {metric name: value in [0, 100] or [-100, 100]}: predictions
+        are class ids (argmax of the logits), or floats for regression.
+    main_metric: the key of compute_metrics' result that the task is reported and selected by.
+    majority_baseline: compute_metrics' main value when always predicting the most frequent train label
+        (None for regression); the offline default run checks it learns above this.
+    """
+
+    name: str
+    splits: dict
+    eval_splits: list[str]
+    num_labels: int
+    compute_metrics: MetricFn
+    main_metric: str
+    label_names: list[str] | None = None
+    majority_baseline: float | None = None
+
+    @property
+    def train_size(self) -> int:
+        return len(self.splits["train"])
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return classification_pipeline(cfg, self, tokenizer, accelerator, run_dir)
 
 
 class TokenizedSplit(Dataset):

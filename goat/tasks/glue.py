@@ -27,8 +27,19 @@ import datasets
 import numpy as np
 
 from goat import metrics
-from goat.tasks.base import DataUnavailableError, TextTask, hub_offline_unless_reachable
+from goat.config import DataUnavailableError
+from goat.tasks.base import hub_offline_unless_reachable
+from goat.tasks.classification import TextTask
 from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
+
+# What load_dataset raises when the hub cannot be reached or lacks the files: the OSError family (connection, offline
+# mode, not found, HTTP errors) and httpx's transport errors, which datasets sometimes lets through.
+try:
+    import httpx
+
+    HUB_UNREACHABLE: tuple[type[Exception], ...] = (OSError, httpx.TransportError)
+except ImportError:  # optional: older datasets talk to the hub through requests, whose errors are OSErrors
+    HUB_UNREACHABLE = (OSError,)
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +246,9 @@ def _to_dataset(raw: RawSplit, prefix: str, rows: np.ndarray) -> datasets.Datase
 def _read_hub(cfg, key: str, spec: GlueSpec) -> dict[str, RawSplit]:
     path, subset = cfg.dataset or HUB_PATH, cfg.subset or key
     try:
-        with hub_offline_unless_reachable():
+        with hub_offline_unless_reachable(datasets.config):
             hub = datasets.load_dataset(path, subset)
-    except _hub_unreachable_errors() as error:
+    except HUB_UNREACHABLE as error:
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         raise DataUnavailableError(
             f"GLUE {key} could not be loaded from the Hugging Face hub ({path}, {subset}; {reason}): no network? "
@@ -253,16 +264,6 @@ def _read_hub(cfg, key: str, spec: GlueSpec) -> dict[str, RawSplit]:
         columns = hub[split].select_columns([*spec.text_fields, "label"]).to_dict()
         raw[split] = (list(zip(*(columns[name] for name in spec.text_fields), strict=True)), columns["label"])
     return raw
-
-
-def _hub_unreachable_errors() -> tuple[type[Exception], ...]:
-    """What load_dataset raises when the hub cannot be reached or lacks the files: the OSError family (connection,
-    offline mode, not found, HTTP errors) and httpx's transport errors, which datasets sometimes lets through."""
-    try:
-        import httpx
-    except ImportError:  # older datasets talk to the hub through requests, whose errors are OSErrors
-        return (OSError,)
-    return (OSError, httpx.TransportError)
 
 
 # --- local TSV files -----------------------------------------------------------------------------------------

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
+
+from goat import distributed
+from goat.evaluators.answers import pass_at_k
+from goat.tasks.base import Task
+from goat.tasks.classification import resumable_loader
 
 IGNORE = -100
 HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -28,6 +36,33 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     if input_text:
         return f"{HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
     return f"{HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@dataclass
+class InstructionTask(Task):
+    """Instruction tuning of a causal LM, scored by generating answers (spec §6 CR, Math).
+
+    train: [{"prompt": str, "response": str}]: the loss is on the response (and EOS) only.
+    eval_sets: set name -> [{"prompt": str, "answer": gold}]; each prompt is completed by greedy generation.
+    score(set name, completion, gold) -> bool: the set's answer extraction and comparison.
+    main_metric: the key of the results reported and selected by ("average/accuracy" over the sets, or one set's).
+    """
+
+    name: str
+    train: list
+    eval_sets: dict
+    score: Callable[[str, str, object], bool]
+    main_metric: str = "average/accuracy"
+    max_new_tokens: int = 32
+    decoding: dict = field(default_factory=dict)  # generate() kwargs; empty = greedy
+    samples: int = 1  # completions per prompt (n of pass@k; > 1 needs sampling)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, evaluate_generation)
 
 
 class InstructionSplit(Dataset):
@@ -163,8 +198,6 @@ def generate_in_step(
     """generate() on this process's prompts. Under ZeRO-3 or FSDP every forward pass gathers weights from all
     processes, so they must run the same number of batches and tokens: the shorter shards are padded with
     copies of a prompt (their completions dropped) and generate() keeps stepping until all are done."""
-    from goat import distributed
-
     if accelerator.num_processes == 1 or not distributed.shards_parameters(accelerator):
         return generate(model, tokenizer, prompts, max_new_tokens, batch_size, accelerator.device, **decoding)
     count = torch.tensor([len(prompts)], device=accelerator.device)
@@ -191,10 +224,6 @@ def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, ou
     (mean of c/n), and pass@10 / pass@100 are reported where n allows (goat.evaluators.answers.pass_at_k).
     Writes prompts, completions, golds and verdicts to out_dir/<set>.jsonl on the main process.
     """
-    from accelerate.utils import gather_object
-
-    from goat.evaluators.answers import pass_at_k
-
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
@@ -235,8 +264,6 @@ def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, ou
 def train_loader(
     split: InstructionSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0, pad_to_multiple_of: int = 1
 ) -> DataLoader:
-    from goat.tasks.classification import resumable_loader
-
     collate = pad_right(tokenizer.pad_token_id, pad_to_multiple_of)
     return resumable_loader(split, batch_size, collate, seed, num_workers)
 

@@ -18,10 +18,43 @@ max(continuation length) positions only (logits_to_keep), not for the whole (B, 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
+
+from goat import distributed
+from goat.tasks.base import Task
+from goat.tasks.instruction import generation_pipeline
+
+
+@dataclass
+class ChoiceTask(Task):
+    """Instruction tuning of a causal LM (as InstructionTask), scored by the log-likelihood of each option's text
+    (task.scoring=loglik, goat.tasks.loglik).
+
+    train: [{"prompt": str, "response": str}]: the loss is on the response (and EOS) only.
+    eval_sets: set name -> [{"options": [str], "pairs": [(context, continuation)] one per option, "gold": int}]
+        (goat.tasks.choices.choice_record); "heldout": training rows held out to choose on, in no average.
+    main_metric: "<set>/acc" for one set, "average/acc" over several (acc_norm is reported beside it).
+    groups: average name -> the sets it averages ("average": the test sets, "heldout" never in one; in_domain,
+        transfer); empty: "average" over every set.
+    """
+
+    name: str
+    train: list
+    eval_sets: dict
+    main_metric: str = "average/acc"
+    groups: dict = field(default_factory=dict)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+    def pipeline(self, cfg, tokenizer, accelerator, run_dir):
+        return generation_pipeline(cfg, self, tokenizer, accelerator, run_dir, evaluate_loglik)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
@@ -97,8 +130,6 @@ def score_records(model, tokenizer, records: list[dict], batch_size: int, accele
     """choices_from this process's records. Under ZeRO-3 or FSDP every forward pass gathers weights from all
     processes, so every process must run the same number of batches: shorter shards are padded with copies of
     a row (their scores dropped)."""
-    from goat import distributed
-
     rows = encode_records(tokenizer, records)
     total = len(rows)
     if accelerator.num_processes > 1 and distributed.shards_parameters(accelerator):
@@ -112,8 +143,6 @@ def evaluate_loglik(model, tokenizer, task, accelerator, batch_size: int, out_di
     """Per-set acc and acc_norm (%) and their averages (task.groups; default: "average" over every set); the test
     sets are split over processes and gathered.
     Writes each record's options, scores, choices and gold to out_dir/<set>.jsonl on the main process."""
-    from accelerate.utils import gather_object
-
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()

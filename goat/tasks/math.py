@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from goat.config import DataUnavailableError
 from goat.evaluators.answers import extract_gsm8k_answer, gsm8k_gold, numbers_equal
-from goat.tasks.base import DataUnavailableError, InstructionTask
-from goat.tasks.instruction import alpaca_prompt, decoding_kwargs
+from goat.tasks.instruction import InstructionTask, alpaca_prompt, decoding_kwargs
 from goat.tasks.records import EVAL_SUBSET_SEED, read_records, seeded_subset, training_records
 
 TEST_FILES = ("gsm8k_official/test.jsonl", "gsm8k/test.jsonl", "test.jsonl")

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
+from goat.config import DataUnavailableError
+from goat.tasks.base import classification_metrics, majority_baseline
+from goat.tasks.classification import TextTask
 from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 SPLIT_SEED = 0  # fixed, not the run's seed: every seed draws its eval subset from the same held-out pool

@@ -15,7 +15,9 @@ import numpy as np
 from datasets import Dataset
 
 from goat import metrics
-from goat.tasks.base import DataUnavailableError, TextTask, classification_metrics, majority_baseline
+from goat.config import DataUnavailableError
+from goat.tasks.base import classification_metrics, majority_baseline
+from goat.tasks.classification import TextTask
 from goat.tasks.records import EVAL_SUBSET_SEED, HELDOUT_SPLIT, seeded_subset, split_heldout
 
 SPLITS = ("train", "validation")

@@ -17,12 +17,17 @@ import math
 import random
 from dataclasses import dataclass
 
+import datasets
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from goat.config import DataUnavailableError, first_line
 from goat.evaluate import evaluate
-from goat.tasks.base import DataUnavailableError, Task, first_line, hub_offline_unless_reachable
+from goat.metrics import accuracy
+from goat.tasks.base import Task, hub_offline_unless_reachable
+from goat.tasks.classification import resumable_loader
 from goat.tasks.records import EVAL_SUBSET_SEED, seeded_subset
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -44,8 +49,6 @@ class ImageTask(Task):
         return len(self.splits["train"])
 
     def compute_metrics(self, predictions, labels) -> dict[str, float]:
-        from goat.metrics import accuracy
-
         return {"accuracy": accuracy(predictions, labels)}
 
     def pipeline(self, cfg, tokenizer, accelerator, run_dir):
@@ -54,8 +57,6 @@ class ImageTask(Task):
 
 def random_resized_crop(image, size: int, rng: random.Random, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
     """torchvision's RandomResizedCrop sampling (10 tries, then a center crop), bicubic resize to size x size."""
-    from PIL import Image
-
     width, height = image.size
     area = width * height
     for _ in range(10):
@@ -76,8 +77,6 @@ def center_crop(image, size: int):
 
 
 def resize_shorter(image, size: int):
-    from PIL import Image
-
     width, height = image.size
     scale = size / min(width, height)
     return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
@@ -126,10 +125,8 @@ LAYOUT = "train/<class>/*.jpg and test/<class>/*.jpg"
 
 def load_vision(cfg, seed: int) -> ImageTask:
     """task.dataset (hub) with train/test splits, or task.data_dir with an imagefolder layout (train/, test/)."""
-    import datasets
-
     try:
-        with hub_offline_unless_reachable():
+        with hub_offline_unless_reachable(datasets.config):
             if cfg.data_dir:
                 data = datasets.load_dataset("imagefolder", data_dir=cfg.data_dir)
             else:
@@ -167,8 +164,6 @@ def load_vision(cfg, seed: int) -> ImageTask:
 
 
 def loaders(task: ImageTask, size: int, micro_batch: int, eval_batch: int, seed: int, num_workers: int = 0):
-    from goat.tasks.classification import resumable_loader
-
     train = ImageSplit(task.splits["train"], size, train=True)
     train_loader = resumable_loader(train, micro_batch, collate, seed, num_workers)
     evals = {
