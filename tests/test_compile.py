@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from goat.adapters import apply_adapter, auxiliary_loss, expert_load, method_config
 from goat.adapters.moe import MoELoRALinear
-from goat.adapters.slot_dropout import _SlotDropoutDown, draw_keep_masks, effective_p, pack_bits, unpack_bits
+from goat.adapters.slot_dropout import _SlotDropoutDown, pack_bits, unpack_bits
 from goat.compile import compile_blocks, repeated_blocks
 
 ROUTED = ["goat", "molora", "hydralora", "adamole"]
@@ -112,34 +112,6 @@ def test_packed_masks_round_trip(n):
     packed = pack_bits(keep)
     assert packed.dtype == torch.uint8 and packed.shape == (2, 5, (n + 7) // 8)
     assert torch.equal(unpack_bits(packed, n), keep)
-
-
-@pytest.mark.parametrize("p", [0.05, 0.3])
-def test_keep_masks_are_independent_bernoulli_draws(p):
-    """Four mask elements come from one 64-bit integer: the keep rate, the pairs inside one integer, the pairs of
-    neighbouring integers and the two slots all behave as independent Bernoulli(1 - p') draws (4 sigma bounds)."""
-    torch.manual_seed(0)
-    keep = draw_keep_masks(2, torch.empty(4096, 64), p).double()  # (S, T, n)
-    q = 1 - effective_p(p)
-    assert abs(effective_p(p) - p) <= 2**-16
-    rate_sigma = (q * (1 - q) / keep.numel()) ** 0.5
-    assert abs(keep.mean().item() - q) < 4 * rate_sigma
-    pairs = {
-        "same integer": (keep[..., 0::4], keep[..., 1::4]),
-        "chunks 0 and 3": (keep[..., 0::4], keep[..., 3::4]),
-        "next integer": (keep[..., 3::4][..., :-1], keep[..., 4::4]),
-        "two slots": (keep[0], keep[1]),
-    }
-    for name, (a, b) in pairs.items():
-        joint_sigma = (q * q * (1 - q * q) / a.numel()) ** 0.5
-        assert abs((a * b).mean().item() - q * q) < 4 * joint_sigma, name
-
-
-def test_keep_masks_of_an_odd_width_and_extreme_p():
-    torch.manual_seed(0)
-    assert draw_keep_masks(3, torch.empty(5, 7), 0.5).shape == (3, 5, 7)
-    assert draw_keep_masks(1, torch.empty(64, 64), 1e-9).all()  # rounds to no dropout
-    assert 0 < effective_p(0.999999) < 1  # never drops everything: the scale stays finite
 
 
 def test_slot_dropout_down_passes_gradcheck():

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 from goat.adapters import apply_adapter, auxiliary_loss, expert_load, method_config, token_mask
 from goat.adapters.moe import balance_loss
-from goat.adapters.slot_dropout import draw_keep_masks, effective_p
+from goat.adapters.slot_dropout import draw_keep_masks
 
 
 def loop_reference(layer, x, slot_masks=None):
@@ -95,7 +95,7 @@ def test_per_expert_dropout_equals_loop_with_one_mask_per_routed_slot():
     x = torch.randn(2, 7, 20, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(11)  # the same draws as the layer: one mask per top-k slot
     keep = draw_keep_masks(2, torch.empty(14, 20), 0.3)
-    masks = [keep[slot].double() / (1 - effective_p(0.3)) for slot in range(2)]
+    masks = [keep[slot].double() / 0.7 for slot in range(2)]
     compare_with_loop(layer, x, dropout_masks=masks, seed=11)
     assert not torch.equal(masks[0], masks[1])
 
@@ -108,7 +108,7 @@ class RandDropout(torch.nn.Module):
         self.p = p
 
     def forward(self, x):
-        return x * draw_keep_masks(1, x, self.p)[0] / (1 - effective_p(self.p))
+        return x * draw_keep_masks(1, x, self.p)[0] / (1 - self.p)
 
 
 def test_single_expert_top1_equals_peft_lora_output_and_gradients():

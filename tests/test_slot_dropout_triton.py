@@ -11,8 +11,12 @@ triton = pytest.importorskip("triton", reason="triton is not installed (make tes
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from goat.adapters.slot_dropout import effective_p  # noqa: E402
-from goat.adapters.slot_dropout_triton import draw_seed, drawn_masks, slot_dropout_down_fused  # noqa: E402
+from goat.adapters.slot_dropout_triton import (  # noqa: E402
+    draw_seed,
+    drawn_masks,
+    effective_p,
+    slot_dropout_down_fused,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,6 +43,11 @@ def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(token
     (want * upstream).sum().backward()
     for name, a, b in zip(("act", "grad_x", "grad_A"), got, (want.detach(), x.grad, A.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=name)
+
+
+def test_effective_p_is_p_to_2_to_the_minus_15_and_never_drops_everything():
+    assert abs(effective_p(0.05) - 0.05) <= 2**-16 and effective_p(1e-9) == 0.0
+    assert 0 < effective_p(0.999999) < 1  # the scale 1 / (1 - p') stays finite
 
 
 def test_drawn_masks_are_bernoulli_per_slot_and_depend_on_the_seed():

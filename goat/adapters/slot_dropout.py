@@ -8,17 +8,11 @@ token draw independently. So the down-projection runs on S = k dropped copies of
 
 and the layer takes from act[j] only the d columns of the expert routed in slot j.
 
-The masks are drawn from the default generator (under torch.compile, the compiler's Philox stream seeded from
-it) with an ordinary random op, so no RNG state is saved or restored. Four masks come from each 64-bit random
-integer, 15 bits each: element i is dropped where its 15-bit chunk is below round(p * 2**15). Under
-torch.compile one Philox call yields one 64-bit integer, so this draws four masks per call where
-`torch.rand(...) >= p` draws one; on the H200 the mask kernels were the busiest non-GEMM kernels of a compiled
-GOAT step (docs/results/model-speed-h200-32layer/graphs-profiles.txt). p is therefore rounded to a multiple of
-2**-15 (0.05 -> 0.049988) and kept values are scaled by 1 / (1 - that p): the expectation stays exact.
-
-The masks are kept for backward packed 8 to a byte, (S, T, ceil(n / 8)) uint8, so per-expert dropout keeps
-k / 8 bytes per input element where a dropout layer keeps a mask and a dropped copy (3 bytes in bf16); the
-dropped copies exist only inside forward and backward.
+The masks are drawn with `torch.rand(S, T, n) >= p` from the default generator (under torch.compile, the
+compiler's Philox stream seeded from it): no RNG state is saved or restored, so the compiler sees an ordinary
+random op. They are kept for backward packed 8 to a byte, (S, T, ceil(n / 8)) uint8, so per-expert dropout
+keeps k / 8 bytes per input element where a dropout layer keeps a mask and a dropped copy (3 bytes in bf16);
+the dropped copies exist only inside forward and backward.
 """
 
 from __future__ import annotations
@@ -26,31 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CHUNK_BITS = 15  # random bits per mask element: p is resolved to 2**-15
-CHUNKS = 4  # mask elements per 64-bit random integer (60 of its bits used)
-
-
-def drop_threshold(p: float) -> int:
-    """Element dropped where its 15-bit chunk < this; at least one value of 2**15 is kept."""
-    return min(round(p * 2**CHUNK_BITS), 2**CHUNK_BITS - 1)
-
-
-def effective_p(p: float) -> float:
-    """The dropout probability the masks really have: p rounded to a multiple of 2**-15."""
-    return drop_threshold(p) / 2**CHUNK_BITS
-
 
 def draw_keep_masks(slots: int, x: torch.Tensor, p: float) -> torch.Tensor:
-    """(S, T, n) bool, True where x is kept: one independent Bernoulli(1 - effective_p(p)) mask per slot.
-
-    Element 4 g + c of a row is chunk c (bits 15 c .. 15 c + 14) of the row's g-th random integer.
-    """
-    n = x.shape[-1]
-    groups = -(-n // CHUNKS)
-    integers = torch.randint(0, 2 ** (CHUNK_BITS * CHUNKS), (slots, *x.shape[:-1], groups, 1), device=x.device)
-    shifts = torch.arange(CHUNKS, device=x.device) * CHUNK_BITS
-    chunks = (integers >> shifts) & (2**CHUNK_BITS - 1)  # (S, T, groups, CHUNKS)
-    return (chunks >= drop_threshold(p)).flatten(-2)[..., :n]
+    """(S, T, n) bool, True where x is kept: one independent Bernoulli(1 - p) mask per slot."""
+    return torch.rand((slots, *x.shape), device=x.device) >= p
 
 
 def pack_bits(keep: torch.Tensor) -> torch.Tensor:
@@ -76,7 +49,7 @@ class _SlotDropoutDown(torch.autograd.Function):
     def forward(ctx, x, A, keep, p: float):
         # The 1 / (1 - p) goes on the (S, T, r) product, not on x: nothing of x's size but the masks' bits is kept
         # for backward (compiled, a scaled copy of x would otherwise be saved beside x).
-        scale = 1.0 / (1.0 - effective_p(p))
+        scale = 1.0 / (1.0 - p)
         act = torch.where(keep, x, 0.0) @ A.t() * scale  # (S, T, r); the dropped copies live only here
         ctx.save_for_backward(x, A, pack_bits(keep))
         ctx.scale, ctx.n = scale, x.shape[-1]

@@ -5,10 +5,11 @@ neither forward nor backward writes a dropped copy of x or keeps a mask (backwar
     grad_x  = c * sum_s keep_s * (grad_act[s] @ A)           (T, n)
     grad_A  = c * sum_s grad_act[s]^T @ (keep_s * x)         (r, n)
 
-The masks (the torch path's distribution, goat.adapters.slot_dropout): element i of row t in slot s is kept where
-the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4) + i // 4, key `seed` (a one-element
-int64 tensor drawn from the default generator at each forward), are >= round(p * 2**15). One Philox call serves
-four elements. The same (seed, counter) gives the same mask in every kernel, which is what lets backward redraw it.
+The masks are Bernoulli like the torch path's (goat.adapters.slot_dropout), with p rounded to 2**-15: element i of
+row t in slot s is kept where the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4) +
+i // 4, key `seed` (a one-element int64 tensor drawn from the default generator at each forward), are
+>= round(p * 2**15). One Philox call serves four elements. The same (seed, counter) gives the same mask in every
+kernel, which is what lets backward redraw it.
 
 Registered as torch.library custom ops with fake (shape) implementations, so torch.compile keeps them as graph
 nodes (no graph break, CUDA graphs capture them) and autograd calls the backward op. The torch path
@@ -24,7 +25,19 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
-from goat.adapters.slot_dropout import CHUNK_BITS, drop_threshold, effective_p
+CHUNK_BITS = 15  # random bits per mask element: p is resolved to 2**-15
+
+
+def drop_threshold(p: float) -> int:
+    """Element dropped where its 15-bit chunk < this; at least one value of 2**15 is kept."""
+    return min(round(p * 2**CHUNK_BITS), 2**CHUNK_BITS - 1)
+
+
+def effective_p(p: float) -> float:
+    """The dropout probability the kernels' masks have: p rounded to a multiple of 2**-15 (0.05 -> 0.049988); kept
+    values are scaled by 1 / (1 - that p), so the expectation stays exact."""
+    return drop_threshold(p) / 2**CHUNK_BITS
+
 
 TILE_T, TILE_N = 64, 64  # rows of x and columns (input features) per program
 GRAD_A_SPLITS = 8  # programs that share grad_A's sum over tokens for one column block (partial sums, then .sum(0))
