@@ -11,13 +11,12 @@ import pytest
 
 from goat.checks import check_config
 from goat.cli import compose
-from goat.config import ConfigError
+from goat.config import ConfigError, DataUnavailableError
 from goat.grid import execute, expand
 from goat.report import markdown
 from goat.significance import question_outcomes, winner_line
 from goat.tables import load_spec
 from goat.tasks import load_task
-from goat.tasks.base import DataUnavailableError
 from goat.tasks.choices import choice_record
 from goat.tasks.records import HELDOUT_SEED, seeded_subset
 
