@@ -22,9 +22,10 @@ test-distributed:  ## multi-process tests on the CPU: DDP, and ZeRO-2/3 when Dee
 test-slow:  ## slow tests (CPU)
 	$(PYTHON) -m pytest -m "slow"
 
-test-triton:  ## the fused dropout kernels in Triton's CPU interpreter (triton installed into .triton/, about 290 MB)
+test-triton:  ## the fused dropout kernels in Triton's CPU interpreter, then compiled to sm_90/sm_80 cubins (triton in .triton/, ~290 MB)
 	$(PYTHON) -m pip install -q --no-deps --target .triton 'triton>=3.2'
 	PYTHONPATH=.triton TRITON_INTERPRET=1 $(PYTHON) -m pytest tests/test_slot_dropout_triton.py
+	PYTHONPATH=.triton $(PYTHON) -m pytest tests/test_slot_dropout_triton_compile.py
 
 test-gpu:  ## GPU-only tests (skip without CUDA)
 	$(PYTHON) -m pytest -m "gpu"

@@ -26,6 +26,7 @@ import triton.language as tl
 from torch.library import custom_op
 
 CHUNK_BITS = 15  # random bits per mask element: p is resolved to 2**-15
+_CHUNK_MASK = tl.constexpr((1 << CHUNK_BITS) - 1)  # a kernel can read a global only as a constexpr
 
 
 def drop_threshold(p: float) -> int:
@@ -62,7 +63,7 @@ def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
     counter = ((slot * tokens + rows) * groups + group_cols).to(tl.int32)
     r0, r1, r2, r3 = tl.randint4x(seed, counter)
     bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # element 4 g + c is output c of group g
-    return (bits & ((1 << CHUNK_BITS) - 1)) >= threshold
+    return (bits & _CHUNK_MASK) >= threshold
 
 
 @triton.jit
