@@ -162,7 +162,19 @@ def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
     table = spec["tables"][name]
     sweep = table["sweep"]
     ordered = sorted({value for row in table["rows"] for value in sweep_values(table, row)}, key=float)
-    lines = []
+
+    def body(by_row: dict, chosen: dict) -> list[str]:
+        lines = ["| method | " + " | ".join(ordered) + " |", "|---|" + "---|" * len(ordered)]
+        for row, cells in by_row.items():
+            parts = []
+            for value in ordered:
+                suffix = f"{sweep['suffix']}{value}"
+                text = "" if suffix not in cells else (cells[suffix].ours() or "—")
+                parts.append(f"**{text}**" if suffix == chosen[row] and text else text)
+            lines.append(f"| {row} | " + " | ".join(parts) + " |")
+        return lines
+
+    reported, held_out = [], []  # (column name, table lines)
     for column in table["columns"]:
         if "mean_of" in column:
             continue
@@ -172,20 +184,22 @@ def sweep_markdown(spec: dict, root: Path, name: str) -> list[str]:
             row: {s: Cell(values=c.selection) if c.selection_mean is not None else Cell() for s, c in cells.items()}
             for row, cells in points.items()
         }
-        captions = [(f"### {column['name']} at each {sweep['key']} (reported split)", points)]
+        reported.append((column["name"], body(points, chosen)))
         if any(cell.values for cells in held.values() for cell in cells.values()):
-            captions.append(
-                (f"### {column['name']} at each {sweep['key']}: held-out training rows (these choose)", held)
-            )
-        for caption, by_row in captions:
-            lines += ["", caption, "", "| method | " + " | ".join(ordered) + " |", "|---|" + "---|" * len(ordered)]
-            for row, cells in by_row.items():
-                parts = []
-                for value in ordered:
-                    suffix = f"{sweep['suffix']}{value}"
-                    text = "" if suffix not in cells else (cells[suffix].ours() or "—")
-                    parts.append(f"**{text}**" if suffix == chosen[row] and text else text)
-                lines.append(f"| {row} | " + " | ".join(parts) + " |")
+            held_out.append((column["name"], body(held, chosen)))
+    # one held-out score chooses every column (a task with one held-out split): its table once, not per column
+    shared = len(held_out) > 1 and all(lines == held_out[0][1] for _, lines in held_out)
+    lines = []
+    for column_name, table_lines in reported:
+        lines += ["", f"### {column_name} at each {sweep['key']} (reported split)", "", *table_lines]
+        if not shared:
+            for held_name, held_lines in held_out:
+                if held_name == column_name:
+                    caption = f"### {column_name} at each {sweep['key']}: held-out training rows (these choose)"
+                    lines += ["", caption, "", *held_lines]
+    if shared:
+        caption = f"### Held-out training rows at each {sweep['key']} (these choose; one score for every column)"
+        lines += ["", caption, "", *held_out[0][1]]
     return lines
 
 

@@ -182,6 +182,9 @@ def test_the_grid_runs_and_reports_untrained_chosen_on_intervals_and_the_paired_
     assert "16 held-out train rows, seed 2" in next(line for line in lines if line.startswith("| goat |"))
     assert "± 0.00 [" in untrained  # its two seeds score the same model on the same questions: std 0, interval a point
     assert "### Is it noise? Every row against lora" in text
+    # one held-out score chooses all 9 columns: its per-rate table is shown once, not once per column
+    assert text.count("(reported split)\n") == 9 and text.count("Held-out training rows at each") == 1
+    assert "these choose)" not in text
     assert any(line.startswith("| goat | ") for line in lines) and any(
         line.startswith("- **In-domain**") for line in lines
     )
