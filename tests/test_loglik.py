@@ -13,9 +13,11 @@ from conftest import train_and_losses
 from goat.checks import check_config
 from goat.cli import compose
 from goat.config import ConfigError, DataUnavailableError
+from goat.tasks import loglik
 from goat.tasks.choices import choice_record, parse_instruction, scoring_pairs
 from goat.tasks.loglik import (
     ChoiceTask,
+    batches,
     continuation_logprobs,
     encode_pair,
     encode_records,
@@ -282,3 +284,37 @@ def test_loglik_scoring_is_refused_where_there_are_no_options(tiny_model_dir, ke
     cfg = compose(tiny_run_overrides(tiny_model_dir, keyword_data, tmp_path / "run", "task.scoring=loglik"))
     with pytest.raises(ConfigError, match="task.scoring=loglik scores the options of commonsense"):
         check_config(cfg)
+
+
+def test_forwards_keep_the_batch_size_and_the_logits_budget(monkeypatch):
+    rows = [([0] * length, n) for length, n in [(9, 2), (30, 20), (12, 5), (5, 1), (30, 3), (18, 9), (7, 6)]]
+    monkeypatch.setattr(loglik, "LOGITS_BUDGET", 3 * 10 * 100)
+    groups = batches(rows, batch_size=3, vocab=100)
+    assert sorted(i for group in groups for i in group) == list(range(len(rows)))  # every row once
+    lengths = [len(rows[i][0]) for group in groups for i in group]
+    assert lengths == sorted(lengths, reverse=True)  # longest first
+    for group in groups:
+        assert len(group) <= 3
+        keep = max(rows[i][1] for i in group)
+        assert len(group) == 1 or len(group) * keep * 100 <= loglik.LOGITS_BUDGET  # a row alone may pass it
+    assert [1] in groups  # the 20-token continuation needs a forward of its own
+    assert len(batches(rows, batch_size=3, vocab=1)) == 3  # a budget that never binds: ceil(7 / 3)
+
+
+def test_a_small_logits_budget_changes_the_forwards_not_the_scores(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    chosen = records()
+    rows = encode_records(tokenizer, chosen)
+    expected = [by_hand(model, tokenizer, c, t) for record in chosen for c, t in record["pairs"]]
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, output: calls.append(1))
+    monkeypatch.setattr(loglik, "LOGITS_BUDGET", 4 * model.config.vocab_size)  # 4 scored tokens a forward
+    got = continuation_logprobs(model, rows, len(rows), tokenizer.pad_token_id, "cpu")
+    assert got == pytest.approx(expected, abs=1e-4)
+    split = len(calls)
+    assert split == len(batches(rows, len(rows), model.config.vocab_size)) and split > 1
+    # processes in lockstep (ZeRO-3, FSDP): extra forwards of row 0 leave every score as it was
+    calls.clear()
+    padded = continuation_logprobs(model, rows, len(rows), tokenizer.pad_token_id, "cpu", forwards=split + 3)
+    hook.remove()
+    assert len(calls) == split + 3 and padded == pytest.approx(expected, abs=1e-4)

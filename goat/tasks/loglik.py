@@ -12,7 +12,8 @@ as the continuation's.
 
 Batches: rows of (context + continuation) tokens, left-padded, with position ids that start at 0 at each row's first
 real token, so a row scores the same alone or in any batch; the model returns logits for the last
-max(continuation length) positions only (logits_to_keep), not for the whole (B, T, vocab).
+max(continuation length) positions only (logits_to_keep), not for the whole (B, T, vocab), and a forward holds at
+most the evaluation batch's rows and LOGITS_BUDGET logits.
 """
 
 from __future__ import annotations
@@ -66,14 +67,36 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return whole, len(whole) - context_length
 
 
-@torch.no_grad()
-def continuation_logprobs(model, rows: list[tuple[list[int], int]], batch_size: int, pad_id: int, device) -> list:
-    """For each row (ids, n): the sum over the last n tokens of ids of log p(token | the tokens before it).
-    Rows are batched longest first (similar lengths share a batch) and the sums returned in the rows' order."""
+LOGITS_BUDGET = 2**28  # logits one forward may return (rows x kept positions x vocab): 1 GiB in fp32
+
+
+def batches(rows: list[tuple[list[int], int]], batch_size: int, vocab: int) -> list[list[int]]:
+    """Row indices in forwards of at most batch_size rows and LOGITS_BUDGET logits (a row alone may pass it),
+    longest rows first so that similar lengths share a forward. The budget keeps a large evaluation batch of long
+    options (PIQA, BoolQ passages) from asking for the whole (B, keep, vocab) at once."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out, current, keep = [], [], 0
+    for i in order:
+        wider = max(keep, rows[i][1])
+        if current and (len(current) == batch_size or (len(current) + 1) * wider * vocab > LOGITS_BUDGET):
+            out.append(current)
+            current, wider = [], rows[i][1]
+        current.append(i)
+        keep = wider
+    return out + [current] if current else out
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model, rows: list[tuple[list[int], int]], batch_size: int, pad_id: int, device, forwards: int = 0
+) -> list:
+    """For each row (ids, n): the sum over the last n tokens of ids of log p(token | the tokens before it), in the
+    rows' order (forwards as `batches` groups them). forwards: run at least this many (row 0 again, its score
+    unchanged), so that processes that gather sharded weights in every forward stay in step."""
+    groups = batches(rows, batch_size, model.config.vocab_size)
+    groups += [[0]] * (forwards - len(groups))
     sums = [0.0] * len(rows)
-    for start in range(0, len(rows), batch_size):
-        indices = order[start : start + batch_size]
+    for indices in groups:
         for i, value in zip(indices, _batch_logprobs(model, [rows[i] for i in indices], pad_id, device), strict=True):
             sums[i] = value
     return sums
@@ -128,14 +151,16 @@ def choices_from(records: list[dict], sums: list[float]) -> list[dict]:
 
 def score_records(model, tokenizer, records: list[dict], batch_size: int, accelerator) -> list[dict]:
     """choices_from this process's records. Under ZeRO-3 or FSDP every forward pass gathers weights from all
-    processes, so every process must run the same number of batches: shorter shards are padded with copies of
-    a row (their scores dropped)."""
+    processes, so every process must run the same number of forwards: a process with no rows scores a stand-in
+    row, and every process runs as many forwards as the one that needs most (their extra scores dropped)."""
     rows = encode_records(tokenizer, records)
     total = len(rows)
+    forwards = 0
     if accelerator.num_processes > 1 and distributed.shards_parameters(accelerator):
-        longest = int(accelerator.gather(torch.tensor([total], device=accelerator.device)).max())
-        rows += [rows[0] if rows else encode_pair(tokenizer, "Hello", "world")] * (longest - total)
-    sums = continuation_logprobs(model, rows, batch_size, tokenizer.pad_token_id, accelerator.device)
+        rows = rows or [encode_pair(tokenizer, "Hello", "world")]
+        mine = len(batches(rows, batch_size, model.config.vocab_size))
+        forwards = int(accelerator.gather(torch.tensor([mine], device=accelerator.device)).max())
+    sums = continuation_logprobs(model, rows, batch_size, tokenizer.pad_token_id, accelerator.device, forwards)
     return choices_from(records, sums[:total])
 
 
