@@ -38,7 +38,8 @@ for folder in boolq ARC-Easy ARC-Challenge openbookqa piqa social_i_qa winogrand
     exit 4
   fi
 done
-# full_ft of a 135M model with AdamW takes ~3 GB, a LoRA-family run less: 8 workers fit a 139 GB GPU many times over
+# each run peaked at 20-21 GB on 2026-12-02 (loglik logits; bounded since), so 8 workers can collide on 139 GB:
+# a run that fails is run once more by the grid
 OUT=$OUT DATA=$DATA RUNS=$RUNS TABLE=small_decoder WORKERS=${WORKERS:-8} SEEDS=${SEEDS:-0,1,2} EXAMPLES=1 \
   LIMIT=$(( ${LIMIT:-570} - SECONDS - 20 )) SET="model.name_or_path=$MODEL ${SET:-}" bash scripts/device_grid.sh
 
