@@ -2,7 +2,7 @@
 the per-question files that loglik scoring writes, rendered under a table whose spec has a `significance` block:
 
     significance:
-      baseline: lora                      # every other row is compared with this one
+      baseline: [lora, goat]              # every other row is compared with each (or one row: baseline: lora)
       groups: {In-domain: [ARC-e, ...]}   # column names whose questions are pooled, each set weighing the same
 
 A column's questions are those of its `key` ("arc_e/acc": set arc_e, acc = the option with the largest summed
@@ -87,32 +87,39 @@ def shown(test: PairedTest | None) -> list[str]:
 
 
 def significance_markdown(spec: dict, root: Path, name: str) -> list[str]:
-    """Each row against the baseline per group (difference, interval, p), and who wins each group, by how much, and
-    whether the paired test tells it from noise."""
+    """Each row against each baseline per group (difference, interval, p), then who wins each group, by how much,
+    and whether the paired test tells it from noise. `baseline` names one row or a list of rows (e.g. LoRA, the
+    peer, and GOAT, the subject): one table each."""
     table = spec["tables"][name]
     block = table["significance"]
-    baseline, groups = block["baseline"], block["groups"]
+    baselines = block["baseline"] if isinstance(block["baseline"], list) else [block["baseline"]]
+    groups = block["groups"]
     rows = [row for row in table["rows"] if row not in table.get("not_run", [])]
+    unknown = [baseline for baseline in baselines if baseline not in rows]
+    if unknown:
+        raise ValueError(f"{name}: significance baseline {unknown} is not a row of the table")
     pooled = {(row, g): group_outcomes(spec, root, name, row, columns) for row in rows for g, columns in groups.items()}
     others = len(rows) - 1
-    lines = [
-        "",
-        f"### Is it noise? Every row against {baseline}, paired over the test questions",
-        "",
-        f"Δ: the row's accuracy minus {baseline}'s, in points, each question's correctness averaged over the row's "
-        f"seeds at its chosen point, every set of the group weighing the same; [95% CI]: paired bootstrap of the "
-        f"questions within each set ({ROUNDS:,} draws); p: two-sided sign-flip randomization test over the questions "
-        f"(exact, or {ROUNDS:,} patterns). With {others} rows against {baseline} per group, p < {LEVEL}/{others} "
-        f"= {LEVEL / max(others, 1):.4f} holds after Bonferroni's correction.",
-        "",
-        "| row | " + " | ".join(f"{g} Δ [95% CI] | p" for g in groups) + " |",
-        "|---|" + "---|---|" * len(groups),
-    ]
-    for row in rows:
-        if row == baseline:
-            continue
-        cells = [part for g in groups for part in shown(compare(pooled[row, g], pooled[baseline, g], f"{row}"))]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines = []
+    for baseline in baselines:
+        lines += [
+            "",
+            f"### Is it noise? Every row against {baseline}, paired over the test questions",
+            "",
+            f"Δ: the row's accuracy minus {baseline}'s, in points, each question's correctness averaged over the "
+            f"row's seeds at its chosen point, every set of the group weighing the same; [95% CI]: paired bootstrap "
+            f"of the questions within each set ({ROUNDS:,} draws); p: two-sided sign-flip randomization test over "
+            f"the questions (exact, or {ROUNDS:,} patterns). With {others} rows against {baseline} per group, "
+            f"p < {LEVEL}/{others} = {LEVEL / max(others, 1):.4f} holds after Bonferroni's correction.",
+            "",
+            "| row | " + " | ".join(f"{g} Δ [95% CI] | p" for g in groups) + " |",
+            "|---|" + "---|---|" * len(groups),
+        ]
+        for row in rows:
+            if row == baseline:
+                continue
+            cells = [part for g in groups for part in shown(compare(pooled[row, g], pooled[baseline, g], f"{row}"))]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("")
     for group, columns in groups.items():
         lines.append(winner_line(group, columns, {row: pooled[row, group] for row in rows}))

@@ -181,7 +181,9 @@ def test_the_grid_runs_and_reports_untrained_chosen_on_intervals_and_the_paired_
     assert untrained.endswith("| — | 0,1 |") and "@ lr1e-3" in untrained  # one rate: chosen on nothing
     assert "16 held-out train rows, seed 2" in next(line for line in lines if line.startswith("| goat |"))
     assert "± 0.00 [" in untrained  # its two seeds score the same model on the same questions: std 0, interval a point
-    assert "### Is it noise? Every row against lora" in text
+    assert "### Is it noise? Every row against lora" in text and "### Is it noise? Every row against goat" in text
+    against_goat = text.split("Every row against goat")[1].split("\n\n- ")[0]
+    assert "| lora | " in against_goat and "| goat | " not in against_goat  # each baseline's table leaves it out
     # one held-out score chooses all 9 columns: its per-rate table is shown once, not once per column
     assert text.count("(reported split)\n") == 9 and text.count("Held-out training rows at each") == 1
     assert "these choose)" not in text
@@ -196,6 +198,9 @@ def test_the_grid_runs_and_reports_untrained_chosen_on_intervals_and_the_paired_
     rows = [json.loads(line) for line in (runs[0].output_dir / "generations" / "step-00000000" / "arc_e.jsonl").open()]
     assert list(outcomes) == [float(r["choice"] == r["gold"]) for r in rows]
     assert 100 * outcomes.mean() == pytest.approx(final["arc_e/acc"])
+    spec["tables"]["small_decoder"]["significance"]["baseline"] = ["lora", "qlora"]
+    with pytest.raises(ValueError, match=r"significance baseline \['qlora'\] is not a row"):
+        markdown(spec, tmp_path / "runs", "small_decoder")
 
 
 def test_the_winner_line_names_the_margin_and_the_paired_test():
