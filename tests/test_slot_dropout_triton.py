@@ -15,6 +15,7 @@ from goat.adapters.slot_dropout_triton import (  # noqa: E402
     draw_seed,
     drawn_masks,
     effective_p,
+    feature_splits,
     slot_dropout_down_fused,
 )
 
@@ -43,6 +44,15 @@ def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(token
     (want * upstream).sum().backward()
     for name, a, b in zip(("act", "grad_x", "grad_A"), got, (want.detach(), x.grad, A.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=name)
+
+
+def test_the_forward_splits_the_features_when_token_blocks_alone_leave_multiprocessors_idle():
+    assert feature_splits(tokens=4 * 512, n=4096, slots=2, multiprocessors=132) == 5  # 64 programs -> 320
+    assert feature_splits(tokens=16 * 512, n=4096, slots=2, multiprocessors=132) == 2  # 256 programs -> 512
+    assert feature_splits(tokens=64 * 512, n=4096, slots=2, multiprocessors=132) == 1  # 1024 programs: enough
+    assert feature_splits(tokens=8, n=40, slots=1, multiprocessors=132) == 1  # one column tile: nothing to split
+    # the parametrized shapes above run both paths: (70, 72, 12, 2) in 2 splits, (130, 64, 16, 1) in one
+    assert feature_splits(70, 72, 2, 132) == 2 and feature_splits(130, 64, 1, 132) == 1
 
 
 def test_effective_p_is_p_to_2_to_the_minus_15_and_never_drops_everything():

@@ -19,7 +19,7 @@ from goat.adapters import slot_dropout_triton as k
 
 common = {"seed_ptr": "*i64", "tokens": "i32", "n": "i32", "r": "i32", "threshold": "i32", "scale": "fp32"}
 kernels = {
-    k._down_kernel: {"x_ptr": "*D", "a_ptr": "*D", "out_ptr": "*D", **common},
+    k._down_kernel: {"x_ptr": "*D", "a_ptr": "*D", "out_ptr": "*D", **common, "cols_per_split": "i32"},
     k._grad_x_kernel: {"g_ptr": "*D", "a_ptr": "*D", "gx_ptr": "*D", **common, "S": "constexpr"},
     k._grad_a_kernel: {"g_ptr": "*D", "x_ptr": "*D", "part_ptr": "*fp32", **common, "rows_per_split": "i32",
                        "S": "constexpr"},

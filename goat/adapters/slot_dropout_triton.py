@@ -18,6 +18,7 @@ nodes (no graph break, CUDA graphs capture them) and autograd calls the backward
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -67,22 +68,24 @@ def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
 
 
 @triton.jit
-def _down_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, tokens, n, r, threshold, scale,
+def _down_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, tokens, n, r, threshold, scale, cols_per_split,
                  BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """One (BT, r) block of act[slot]: program (token block, slot)."""
+    """One (BT, r) block of act[slot] over one range of the input features: program (token block, slot, split)
+    -> out[split, slot] (the splits' partial products are summed afterwards when there are several)."""
     slot = tl.program_id(1)
+    split = tl.program_id(2)
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
     groups = (n + 3) // 4
     acc = tl.zeros((BT, BR), dtype=tl.float32)
-    for start in range(0, n, BN):
+    for start in range(split * cols_per_split, (split + 1) * cols_per_split, BN):
         cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
         x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
         keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
         a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
         acc += tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
-    out = out_ptr + slot * tokens * r + rows * r + ranks
+    out = out_ptr + (split * tl.num_programs(1) + slot) * tokens * r + rows * r + ranks
     tl.store(out, (acc * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
 
 
@@ -142,13 +145,33 @@ def slot_dropout_down_fused(x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor
     """x (T, n), A (r, n), seed (1,) int64 -> act (S, T, r): slot s = dropout_s(x) @ A^T."""
     tokens, n = x.shape
     r = A.shape[0]
-    act = torch.empty((slots, tokens, r), device=x.device, dtype=x.dtype)
-    grid = (triton.cdiv(tokens, TILE_T), slots)
-    _down_kernel[grid](
-        x, A, act, seed, tokens, n, r, drop_threshold(p), 1.0 / (1.0 - effective_p(p)),
+    splits = feature_splits(tokens, n, slots, _multiprocessors(x.device))
+    cols_per_split = triton.cdiv(triton.cdiv(n, splits), TILE_N) * TILE_N
+    splits = triton.cdiv(n, cols_per_split)
+    if splits == 1:
+        out = torch.empty((1, slots, tokens, r), device=x.device, dtype=x.dtype)
+    else:
+        out = torch.empty((splits, slots, tokens, r), device=x.device, dtype=torch.float32)
+    _down_kernel[(triton.cdiv(tokens, TILE_T), slots, splits)](
+        x, A, out, seed, tokens, n, r, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
         BT=TILE_T, BN=TILE_N, BR=rank_tile(r), PRECISION=_precision(x.dtype),
     )  # fmt: skip
-    return act
+    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
+
+
+def feature_splits(tokens: int, n: int, slots: int, multiprocessors: int) -> int:
+    """How many ranges of the input features the forward splits into: enough programs for two per multiprocessor
+    (a micro-batch of 4x512 tokens gives only 32 token blocks x 2 slots = 64 programs on an H200's 132), at most
+    one per column tile."""
+    programs = triton.cdiv(tokens, TILE_T) * slots
+    return max(1, min(triton.cdiv(2 * multiprocessors, programs), triton.cdiv(n, TILE_N)))
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # Triton's CPU interpreter: as on an H100/H200, so that tests split the features as the GPU would
 
 
 @custom_op("goat::slot_dropout_down_backward", mutates_args=())
