@@ -94,4 +94,4 @@ reproduce-small-decoder: $(if $(DRY_RUN),,$(SMOLLM2)/config.json)  ## SmolLM2-13
 	$(PYTHON) -m goat.grid small_decoder --runs $(RUNS) --seeds $(SEEDS) --workers $(WORKERS) --data $(DATA) \
 		--set model.name_or_path=$(SMOLLM2) $(foreach s,$(SET),--set $(s)) $(if $(METHODS),--methods '$(METHODS)') \
 		$(if $(DRY_RUN),--dry-run)
-	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_decoder)
+	$(if $(DRY_RUN),,goat-report --runs $(RUNS) --out $(REPORTS) --table small_decoder --table small_decoder_norm)
