@@ -122,6 +122,17 @@ def write_run_info(run_dir: Path, cfg) -> None:
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
 
 
+def precision_advice(device_type: str, mixed_precision: str) -> str | None:
+    """A warning for bf16 autocast on a CPU: most CPUs have no bf16 matrix units, and autocast there is slower than
+    fp32 (2 steps of MiniLM on MRPC, batch 64: 223 s in bf16, 18.8 s in fp32 on this project's 2-core machine)."""
+    if device_type == "cpu" and mixed_precision == "bf16":
+        return (
+            "trainer.mixed_precision=bf16 on a CPU: bf16 autocast is often many times slower than fp32 there; for a "
+            "CPU run add trainer=cpu (or trainer.mixed_precision=no)"
+        )
+    return None
+
+
 def train(cfg, callbacks=()) -> dict:
     """Runs the whole job; returns the results (also written to <output_dir>/results.json)."""
     t = cfg.trainer
@@ -133,6 +144,9 @@ def train(cfg, callbacks=()) -> dict:
     run_dir, resume_checkpoint = prepare_run_dir(cfg, launched.is_main_process)
     launched.wait_for_everyone()
     accelerator = distributed.make_accelerator(t, log_with="wandb" if cfg.logger.backend == "wandb" else None)
+    advice = precision_advice(accelerator.device.type, t.mixed_precision)
+    if advice:
+        logger.warning(advice)
     set_seed(t.seed)
     task = load_task(cfg.task, t.seed)
     num_labels = getattr(task, "num_labels", None)  # None for instruction tasks (causal LMs)

@@ -320,3 +320,9 @@ def test_a_task_type_without_a_pipeline_is_one_line_before_weights(
     out = tmp_path / "run"
     line = bad_run(capsys, tiny_run_overrides(tiny_model_dir, keyword_data, out, f"task.loader={loader}"))
     assert f"task.loader={loader} gave a" in line and "task type without a pipeline" in line, line
+
+
+def test_bf16_autocast_on_a_cpu_is_warned_about_and_names_the_cpu_trainer():
+    advice = goat.train.precision_advice("cpu", "bf16")
+    assert "trainer.mixed_precision=bf16 on a CPU" in advice and "trainer=cpu" in advice
+    assert goat.train.precision_advice("cpu", "no") is None and goat.train.precision_advice("cuda", "bf16") is None
