@@ -14,6 +14,7 @@ import argparse
 import fnmatch
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import queue as queues
@@ -25,6 +26,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from goat.compose import OverrideError, compose
 from goat.multirun import launch
@@ -181,6 +185,63 @@ def expand(
     if not runs:
         raise GridError(f"{name}: no run matches TASKS={tasks} METHODS={methods}")
     return runs
+
+
+LOCATION_KEYS = ("data_dir", "name_or_path", "output_dir")  # where things are, not what ran: may differ by machine
+_ABSENT = object()
+
+
+def stale_settings(run: Run) -> list[str]:
+    """What a finished run's config.yaml says that the grid no longer plans: each of the run's key=value overrides
+    (and its seed) that the saved config does not hold, as "key: <saved> there, <planned> planned". Group choices
+    (method=goat) and locations (LOCATION_KEYS) are not compared; a run without config.yaml has nothing to compare."""
+    path = run.output_dir / "config.yaml"
+    if not path.exists():
+        return []
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a finding, not a crash of the grid
+        return [f"{path.name} cannot be read ({type(error).__name__})"]
+    parsed = OverridesParser.create().parse_overrides([*run.overrides, f"trainer.seed={run.seed}"])
+    last = {override.key_or_group: override for override in parsed}  # a key set twice: the later one wins
+    differences = []
+    for override in last.values():
+        key = override.key_or_group
+        if override.is_delete() or key.rsplit(".", 1)[-1] in LOCATION_KEYS:
+            continue
+        planned = override.value()
+        there = OmegaConf.select(saved, key, default=_ABSENT)
+        if isinstance(there, DictConfig | ListConfig):
+            if isinstance(there, DictConfig) and not isinstance(planned, dict):
+                continue  # a config group's choice (method=goat): its settings are compared key by key instead
+            there = OmegaConf.to_container(there)
+        if there is _ABSENT:
+            differences.append(f"{key}: absent there, {planned} planned")
+        elif not _same(there, planned):
+            differences.append(f"{key}: {there} there, {planned} planned")
+    return differences
+
+
+def _same(there, planned) -> bool:
+    if isinstance(there, bool) or isinstance(planned, bool):
+        return there == planned
+    if isinstance(there, int | float) and isinstance(planned, int | float):
+        return math.isclose(there, planned, rel_tol=1e-9)  # 2e-4 planned, 0.0002 saved
+    return there == planned or str(there) == str(planned)
+
+
+def stale_runs_error(runs: list[Run]) -> str | None:
+    """One message about the finished runs whose settings the grid no longer plans (None: there are none). The grid
+    would skip them as finished and a table would mix them with runs of the new settings."""
+    stale = [(run, found) for run in runs if run.state() == "finished" and (found := stale_settings(run))]
+    if not stale:
+        return None
+    run, found = stale[0]
+    return (
+        f"{len(stale)} finished runs were trained with other settings than the grid plans now (e.g. {run.output_dir}: "
+        f"{'; '.join(found[:3])}); they would be skipped as finished and mixed into the table. Use a new --runs "
+        "folder, or move those runs away"
+    )
 
 
 def describe(runs: list[Run], gpus: int = 1, accelerate_config: str | None = None) -> str:
@@ -431,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except GridError as error:
         print(f"goat-grid: {error}", file=sys.stderr)
+        return 2
+    stale = stale_runs_error(runs)
+    if stale:
+        print(f"goat-grid: {stale}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(describe(runs, args.gpus, args.accelerate_config))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from conftest import tiny_run_overrides
+from omegaconf import OmegaConf
 
 from goat import grid
 from goat.cli import compose
@@ -230,3 +231,29 @@ def test_a_table_override_may_not_overrule_its_rows_variant(tmp_path):
         grid.expand("t", [0], tmp_path, spec=spec)
     del spec["tables"]["t"]["rows"]["lora_r8"]
     assert len(grid.expand("t", [0], tmp_path, spec=spec)) == 1
+
+
+def test_finished_runs_of_other_settings_stop_the_grid_before_it_starts(
+    tiny_model_dir, keyword_data, tmp_path, monkeypatch, capsys
+):
+    """A finished run is skipped by its results.json alone; if the spec changed since (a rate, held-out rows), the
+    grid would mix old results into the new table. Its config.yaml is compared with what the grid plans now."""
+    variants = {"lora": ["method=lora", "method.lora_dropout=5e-2", "method.target_modules=[query,value]"]}
+    spec = tiny_table_spec(tiny_model_dir, keyword_data, variants, ["trainer.max_steps=8"])
+    run = grid.expand("t", [0], tmp_path, spec=spec)[0]
+    run.output_dir.mkdir(parents=True)
+    (run.output_dir / "results.json").write_text("{}")
+    saved = compose(run.train_args())
+    (run.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert grid.stale_settings(run) == []  # what it ran is what is planned: 5e-2 planned is 0.05 saved
+    assert grid.stale_runs_error([run]) is None
+    saved.trainer.max_steps, saved.trainer.seed = 6, 1
+    saved.task.data_dir = "/elsewhere"  # a location may differ between machines: not a setting
+    (run.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert grid.stale_settings(run) == ["trainer.max_steps: 6 there, 8 planned", "trainer.seed: 1 there, 0 planned"]
+    monkeypatch.setattr(grid, "load_spec", lambda: spec)
+    assert grid.main(["t", "--runs", str(tmp_path), "--dry-run"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("goat-grid: 1 finished runs were trained with other settings") and "\n" not in error
+    assert "trainer.max_steps: 6 there, 8 planned" in error and "new --runs folder" in error
+    assert json.loads((run.output_dir / "results.json").read_text()) == {}  # nothing touched
