@@ -2,7 +2,8 @@
 
 Each run is one `goat-train` with the variant's overrides, in <runs>/<task>/<variant>/seed<k>. A finished
 run (results.json) is skipped, an interrupted one resumes from its newest checkpoint (resume=auto), so the
-same command can be repeated until the grid is complete. TASKS / METHODS filter with shell patterns
+same command can be repeated until the grid is complete; a finished run whose config.yaml disagrees with the plan
+stops the grid before anything starts (stale_settings). TASKS / METHODS filter with shell patterns
 (`vit/*`, `goat*`); --dry-run prints the grid and what each run would do. With --gpus N > 1 each run is
 started through `accelerate launch`. With --hydra the unfinished runs go to Hydra's launcher instead (goat.multirun):
 `--hydra hydra/launcher=slurm hydra.launcher.partition=gpu` runs a paper table's grid as SLURM jobs.
