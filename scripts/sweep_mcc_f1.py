@@ -8,14 +8,13 @@ Writes sweep_mcc_f1.csv next to the tarball. Run: python scripts/sweep_mcc_f1.py
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import statistics
 import tarfile
 from collections import defaultdict
 
-from sweep_seed_holdout import FOLDER
+from sweep_seed_holdout import FOLDER, write_csv
 
 METRICS = {"cola": ("CoLA MCC", "validation/matthews_correlation"), "mrpc": ("MRPC F1", "validation/f1")}
 SWEEP = re.compile(r"^small_sweep/glue/(cola|mrpc)/(.+)_lr([0-9.e-]+)/seed(\d+)/results\.json$")
@@ -65,10 +64,7 @@ def main() -> None:
                 "std": round(statistics.stdev(values), 2),
             }
         )
-    with open(FOLDER / "sweep_mcc_f1.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("sweep_mcc_f1.csv", rows)
     for row in rows:
         print(row)
 

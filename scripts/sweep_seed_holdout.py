@@ -43,6 +43,14 @@ def load_runs(tarball: Path) -> dict:
     return runs
 
 
+def write_csv(name: str, rows: list[dict]) -> None:
+    """rows (dicts with the same keys) as FOLDER/name, a header line first."""
+    with open(FOLDER / name, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -79,10 +87,7 @@ def main() -> None:
                 "cost": round(reported - held_out, 4),
             }
         )
-    with open(FOLDER / "sweep_seed_holdout.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("sweep_seed_holdout.csv", rows)
     summary = {}
     for row in sorted({r["row"] for r in rows}):
         cells = {r["task"]: r for r in rows if r["row"] == row}

@@ -8,10 +8,8 @@ sweep_welch.csv next to the tarball. Run: python scripts/sweep_welch.py
 
 from __future__ import annotations
 
-import csv
-
 from scipy.stats import ttest_ind
-from sweep_seed_holdout import FOLDER, load_runs, mean, pick
+from sweep_seed_holdout import FOLDER, load_runs, mean, pick, write_csv
 
 PAIRS = [  # (a, b): the comparisons docs/results.md quotes
     ("goat", "lora"),
@@ -51,10 +49,7 @@ def main() -> None:
                     "welch_p": round(float(result.pvalue), 3),
                 }
             )
-    with open(FOLDER / "sweep_welch.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("sweep_welch.csv", rows)
     for row in rows:
         print(row)
 
