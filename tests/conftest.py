@@ -90,6 +90,25 @@ def tiny_model_dir(tmp_path_factory):
     return root
 
 
+def byte_level_bpe(texts: list[str], vocab_size: int, prepend_bos: bool):
+    """A byte-level BPE tokenizer trained here on `texts` (ids 0-2: <s>, </s>, <pad>), for tiny causal LMs; with
+    prepend_bos every encoding starts with <s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    special = ["<s>", "</s>", "<pad>"]
+    core.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
+    )
+    if prepend_bos:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
 @pytest.fixture(scope="module")
 def keyword_data(tmp_path_factory):
     """Label 1 iff the sentence contains "alpha": learnable in a few dozen steps."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import train_and_losses
+from conftest import byte_level_bpe, train_and_losses
 
 from goat.checks import check_config
 from goat.cli import compose
@@ -117,22 +117,13 @@ def test_every_local_test_record_parses_with_its_option_count():
 def model_dir(tmp_path_factory):
     """A byte-level BPE tokenizer trained here on the instructions (its merges make the context / continuation
     boundary matter), with BOS prepended and a pad token, and a 2-layer LLaMA config."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+    from transformers import LlamaConfig
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    core.train_from_iterator(list(INSTRUCTIONS.values()) * 4, trainer)
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = byte_level_bpe(list(INSTRUCTIONS.values()) * 4, vocab_size=400, prepend_bos=True)
     root = tmp_path_factory.mktemp("loglik_llama")
     tokenizer.save_pretrained(root)
     LlamaConfig(
-        vocab_size=core.get_vocab_size(),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

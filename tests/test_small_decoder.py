@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import byte_level_bpe
 
 from goat.checks import check_config
 from goat.cli import compose
@@ -95,24 +96,15 @@ def tiny_llama(tmp_path_factory):
     """A 2-layer LLaMA with saved random weights (a finished run of from_config weights is refused by goat-report)
     and a byte-level BPE tokenizer trained on commonsense questions."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = [r["instruction"] for r in json.loads((SHARED / "commonsense" / "ARC-Easy" / "train.json").read_text())]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    special = ["<s>", "</s>", "<pad>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    core.train_from_iterator(
-        texts[:300], trainers.BpeTrainer(vocab_size=500, special_tokens=special, initial_alphabet=alphabet)
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = byte_level_bpe(texts[:300], vocab_size=500, prepend_bos=False)
     root = tmp_path_factory.mktemp("tiny_llama")
     tokenizer.save_pretrained(root)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=core.get_vocab_size(),
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
