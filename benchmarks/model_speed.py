@@ -59,9 +59,11 @@ OPTIONS = {"lora": {}, "dora": {}, "pissa": {}, "goat": TOP_2, "molora": TOP_2,
            # one mask per token instead of one per routed expert, and no dropout at all, beside LoRA's floor
            "goat-shared": {**TOP_2, "dropout_mode": "shared"}, "goat-nodrop": {**TOP_2, "lora_dropout": 0.0},
            "lora-nodrop": {"lora_dropout": 0.0},
-           # the fused Triton dropout kernels (masks drawn inside the down-projection), CUDA with triton only
-           "goat-fused": {**TOP_2, "dropout_kernel": "triton"}, "molora-fused": {**TOP_2, "dropout_kernel": "triton"}}
-VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused")
+           # the dropout kernels named: goat and molora take the fused Triton ones on CUDA by default (auto), the
+           # -torch variants the torch ops (the default before), the -fused ones Triton explicitly
+           "goat-fused": {**TOP_2, "dropout_kernel": "triton"}, "molora-fused": {**TOP_2, "dropout_kernel": "triton"},
+           "goat-torch": {**TOP_2, "dropout_kernel": "torch"}, "molora-torch": {**TOP_2, "dropout_kernel": "torch"}}
+VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused", "goat-torch", "molora-torch")
 METHODS = tuple(OPTIONS)
 EAGER_ONLY = ("goat-official",)
 OFFICIAL_BALANCE_COEF = 1e-3  # goat's AdapterConfig.balance_coef default, lambda of the official scripts
@@ -466,7 +468,9 @@ def decoding_table(rows: list[dict]) -> str:
 TABLE_NOTES = (
     "Step: forward + loss (+ balance loss) + backward + AdamW (bf16 autocast and fused AdamW on CUDA), median of "
     "--steps, each synchronized. x LoRA best: step ms over PEFT LoRA's fastest mode at that shape. init s: "
-    "apply_adapter (pissa through goat's SVD unless --pissa-peft-svd). host syncs: in one step.")
+    "apply_adapter (pissa through goat's SVD unless --pissa-peft-svd). host syncs: in one step. Dropout kernel: "
+    "goat and molora take method.dropout_kernel=auto (the fused Triton kernels on CUDA, torch ops elsewhere), "
+    "-torch and -fused name one (files before 2026-12-02: goat and molora used torch ops).")
 
 
 def save(run: Run) -> str:

@@ -234,9 +234,10 @@ def record_adapter(cfg, adapter: AdapterConfig) -> None:
 def load_run_config(path):
     """A run's config.yaml on the current schema. A run written before a key existed gets its default (e.g.
     model.trust_remote_code); a method value written as null (runs before every value was recorded) means the
-    method's preset, then the derived numbers, as it did when that run trained."""
+    method's preset, then the derived numbers, as it did when that run trained; no dropout_kernel means torch."""
     saved = OmegaConf.load(path)
     method = {k: v for k, v in OmegaConf.to_container(saved.method).items() if v is not None}
+    method.setdefault("dropout_kernel", "torch")  # written before `auto` (or the key) existed: the torch ops ran
     saved.method = {**preset(method.get("method", "goat")), **method}
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
     resolve_method(cfg)

@@ -155,7 +155,7 @@ def train(cfg, callbacks=()) -> dict:
         # random weights are drawn where they train, unless an engine shards them from the host copy
         device = None if distributed.shards_parameters(accelerator) else accelerator.device
         model, tokenizer = load_model(cfg.model, num_labels, getattr(task, "label_names", None), device)
-        model = apply_adapter(model, adapter_cfg)
+        model = apply_adapter(model, adapter_cfg, device_type=accelerator.device.type)
     record_adapter(cfg, model.goat_adapter.config)  # config.yaml and W&B say what runs: no `auto` left
     if accelerator.is_main_process:
         write_run_info(run_dir, cfg)

@@ -7,9 +7,9 @@
 #                  with one mask per token (decides whether a fused Triton dropout kernel is worth writing)
 #   PART=graphs    lora, goat, molora at 4x512: default and reduce-overhead (CUDA graphs), one step of each profiled
 #                  (kernel counts in the json, the busiest kernels in profiles.txt): is goat's extra time launches?
-#   PART=fused     the fused Triton dropout kernels (method.dropout_kernel=triton): first their GPU tests
+#   PART=fused     the fused Triton dropout kernels (goat's and molora's default on CUDA): first their GPU tests
 #                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora,
-#                  goat-fused, goat, molora-fused at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
+#                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
 #                  micro-batch 4 x 512 tokens, compiled, 40 steps + a short generation evaluation
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
@@ -37,8 +37,9 @@ case "$PART" in
     python3 -c "import pytest" 2>/dev/null || python3 -m pip install --no-deps --no-index -q "${WHEELS:-scratch/wheels_ds}"/*.whl
     python3 -m pytest tests/test_slot_dropout_triton.py -p no:cacheprovider -q -x -W ignore > /tmp/fused-tests.log 2>&1
     status=$?; grep -E "passed|failed|error" /tmp/fused-tests.log | tail -5; [ $status -eq 0 ] || { tail -40 /tmp/fused-tests.log; exit 1; }
-    # goat-fused before goat: --budget skips what would not fit, and the fused kernels are what this part is for
-    bench --methods lora,goat-fused,goat,molora-fused --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
+    # goat (the fused kernels, dropout_kernel=auto on CUDA) first: --budget skips what would not fit
+    bench --methods lora,goat,goat-torch,molora,molora-torch --modes reduce-overhead --decode-batches '' \
+      --svd-cache /tmp/svd ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2

@@ -29,7 +29,8 @@ def test_composed_config_shows_the_presets_values_and_no_null(method):
     assert all(value is not None for value in shown.values()), shown
     expected = method_config(method, lora_dropout=0.0).resolved().to_dict()  # the default task sets dropout 0
     assert shown == expected
-    assert [name for name, value in shown.items() if value == AUTO] == list(MODEL_RESOLVED)
+    # chosen once the model and the device are known (apply_adapter), and written into config.yaml then
+    assert {name for name, value in shown.items() if value == AUTO} == {*MODEL_RESOLVED, "dropout_kernel"}
 
 
 def test_presets_and_derived_numbers_follow_the_paper():
@@ -72,6 +73,7 @@ def test_config_yaml_equals_the_saved_adapter_config(method, tiny_model_dir, key
     # 2 layers x (query, key, value, attention output, intermediate, output) + the pooler: every linear but the head
     assert len(saved["target_modules"]) == 2 * 6 + 1 and "bert.pooler.dense" in saved["target_modules"]
     assert saved["model_id"] == str(tiny_model_dir)  # the model's config._name_or_path
+    assert saved["dropout_kernel"] == "torch"  # auto on a CPU: the torch ops
     if METHODS[method].backend == "goat":
         assert adapter["adapter"] == saved
         assert (adapter["targets"], adapter["heads"]) == (saved["target_modules"], saved["modules_to_save"])

@@ -130,3 +130,27 @@ def test_goat_layer_with_the_fused_kernel_traces_without_graph_breaks():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(layer)(torch.randn(3, 5, 20, device=DEVICE))
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_a_batch_too_large_for_the_mask_counters_takes_the_torch_ops(monkeypatch):
+    """dropout_kernel=triton never fails a run on a batch whose masks would overflow the 31-bit Philox counters:
+    that forward draws its masks with the torch ops (the same distribution)."""
+    from test_moe_forward import goat_layer
+
+    import goat.adapters.moe as moe
+
+    layer = goat_layer(4, 2, 8, n=20, dropout=0.1).float().to(DEVICE)
+    layer.dropout_kernel = "triton"
+    layer.train()
+    calls, torch_ops = [], moe.slot_dropout_down
+
+    def counted_torch_ops(x, A, slots, p):
+        calls.append(slots)
+        return torch_ops(x, A, slots, p)
+
+    monkeypatch.setattr(moe, "slot_dropout_down", counted_torch_ops)
+    layer(torch.randn(3, 5, 20, device=DEVICE))
+    assert calls == []  # the counters fit: the fused kernels ran
+    monkeypatch.setattr(moe.fused, "counters_fit", lambda x, slots: False)
+    out = layer(torch.randn(3, 5, 20, device=DEVICE))
+    assert calls == [2] and out.shape == (3, 5, layer.out_features)

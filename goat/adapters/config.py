@@ -5,8 +5,9 @@ numbers. Method presets (the `goat/configs/method/*.yaml` files) override a few 
 files are the only place a preset is written (goat-train composes them, `method_config` reads them).
 
 Three settings depend on the model and are written `auto` until the model is known: target_modules,
-modules_to_save and model_id. `resolved()` fills the two derived numbers (init_coef, segment_count);
-apply_adapter resolves the rest, so a saved adapter's config holds no `auto` and no None for a default.
+modules_to_save and model_id; dropout_kernel's `auto` depends on the device the model trains on.
+`resolved()` fills the two derived numbers (init_coef, segment_count); apply_adapter resolves the rest, so a
+saved adapter's config holds no `auto` and no None for a default.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ SEGMENT_CHOICES = ("ours", "principal", "minor", "random")
 BALANCE_CONVENTIONS = ("reference", "paper")
 DROPOUT_MODES = ("per_expert", "shared")
 # How routed layers draw their dropout in training: torch ops (any device), or the fused Triton kernels (CUDA;
-# goat/adapters/slot_dropout_triton.py: masks drawn inside the down-projection, nothing of x's size kept)
-DROPOUT_KERNELS = ("torch", "triton")
+# goat/adapters/slot_dropout_triton.py: masks drawn inside the down-projection, nothing of x's size kept); auto:
+# apply_adapter picks triton where it was measured faster (GOAT's and MoLoRA's per-expert masks on CUDA with
+# triton installed, docs/benchmarks.md) and torch everywhere else, and writes down which
+DROPOUT_KERNELS = ("auto", "torch", "triton")
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "method"  # goat/configs/method/<name>.yaml
-AUTO = "auto"  # target_modules, modules_to_save, model_id: chosen from the model by apply_adapter
+AUTO = "auto"  # target_modules, modules_to_save, model_id, dropout_kernel: chosen by apply_adapter
 MODEL_RESOLVED = ("target_modules", "modules_to_save", "model_id")
 
 
@@ -60,7 +63,7 @@ class AdapterConfig:
     balance_coef: float = ranged(1e-3, NON_NEGATIVE)  # lambda, summed over layers (spec §4)
     balance_convention: str = "reference"  # reference = top_k x the paper's Eq. 26-28
     dropout_mode: str = "per_expert"  # independent dropout mask per (token, selected expert)
-    dropout_kernel: str = "torch"  # torch | triton (CUDA, needs the triton package): DROPOUT_KERNELS
+    dropout_kernel: str = AUTO  # auto | torch | triton (CUDA, needs the triton package): DROPOUT_KERNELS
     # GOAT initialisation (spec §2) and scaling (spec §3).
     scaling: str = "reference"
     eta: float = ranged(1.0, POSITIVE)  # lr_FullFT / lr_LoRA for scaling=theory (paper: 1 ViT/GLUE/NLG, 0.1 CR)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from goat.adapters.config import AdapterConfig
+from goat.adapters.config import AUTO, AdapterConfig
 from goat.adapters.moe import MoELoRALinear
 from goat.adapters.peft_lora import load_peft, save_peft
 from goat.adapters.registry import METHODS, apply_adapter
@@ -74,7 +74,9 @@ def load_adapter(base_model: nn.Module, directory: str | os.PathLike) -> nn.Modu
             "are not in this model; load it onto the base model it was trained from"
         )
     cfg = AdapterConfig.from_dict(saved["adapter"])
-    cfg = cfg.replace(target_modules=saved["targets"], modules_to_save=saved["heads"])
+    # the dropout kernel only draws training dropout: chosen again for this machine (a run trained with the
+    # Triton kernels loads where triton is not installed)
+    cfg = cfg.replace(target_modules=saved["targets"], modules_to_save=saved["heads"], dropout_kernel=AUTO)
     model = apply_adapter(base_model, cfg, initialize=False)
     tensors = load_file(str(directory / WEIGHTS_NAME))
     _load_tensors(model, tensors)

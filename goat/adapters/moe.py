@@ -28,6 +28,11 @@ except ModuleNotFoundError as missing:  # triton is optional: without it dropout
     fused = None
 
 
+def fused_kernels_importable() -> bool:
+    """Whether the fused Triton dropout kernels (dropout_kernel=triton) can be imported here."""
+    return fused is not None
+
+
 @dataclass
 class RoutingContext:
     """Holds the padding mask of the current batch, shared by all MoE layers of one model.
@@ -225,10 +230,11 @@ class MoELoRALinear(nn.Module):
 
     def dropped_down_projection(self, x2d: torch.Tensor, A: torch.Tensor, slots: int) -> torch.Tensor:
         """(S, T, rank of A): each slot's own dropout of x2d (T, n), down-projected by A; by torch ops or by the
-        fused Triton kernels (dropout_kernel=triton), which draw the masks inside the product."""
-        if self.dropout_kernel == "torch":
+        fused Triton kernels (dropout_kernel=triton), which draw the masks inside the product. A batch too large for
+        the kernels' 31-bit mask counters takes the torch ops (the same distribution) instead of failing the run."""
+        if self.dropout_kernel == "torch" or (fused is not None and not fused.counters_fit(x2d, slots)):
             return slot_dropout_down(x2d, A, slots, self.dropout)
-        if fused is None or not fused.fused_supported(x2d, slots):
+        if fused is None or not fused.fused_supported(x2d):
             raise RuntimeError(
                 "dropout_kernel=triton needs triton and CUDA tensors of bf16, fp16 or fp32 (or TRITON_INTERPRET=1); "
                 f"got {x2d.device.type} {x2d.dtype}: use method.dropout_kernel=torch"

@@ -7,11 +7,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from goat.adapters.config import AUTO, AdapterConfig, preset, validate_choices, validate_moe
 from goat.adapters.full_moe import build_full_ft, build_full_moe
 from goat.adapters.lora_moe import build_adamole, build_goat, build_hydralora, build_molora
+from goat.adapters.moe import fused_kernels_importable
 from goat.adapters.peft_lora import build_peft_lora
 from goat.adapters.surgery import count_parameters, find_heads, find_targets, freeze_except
 from goat.adapters.svd import model_identity
@@ -24,6 +26,7 @@ class Method:
     build: Callable  # (model, cfg, targets, initialize) -> model, or (model, cfg, targets, heads) for PEFT
     backend: str  # "goat": goat's own layers and checkpoint format; "peft": PEFT's
     moe: bool = False  # routes tokens: validate (r, E, top_k) and add the balance loss
+    fused_dropout: bool = False  # dropout_kernel=auto takes the fused Triton kernels for it on CUDA (measured faster)
 
 
 def _peft(variant: str) -> Callable:
@@ -32,8 +35,8 @@ def _peft(variant: str) -> Callable:
 
 # Each method's preset settings (spec §7) live in goat/configs/method/<name>.yaml, read by `method_config`.
 METHODS: dict[str, Method] = {
-    "goat": Method(build_goat, "goat", moe=True),
-    "molora": Method(build_molora, "goat", moe=True),
+    "goat": Method(build_goat, "goat", moe=True, fused_dropout=True),
+    "molora": Method(build_molora, "goat", moe=True, fused_dropout=True),
     "adamole": Method(build_adamole, "goat", moe=True),
     "hydralora": Method(build_hydralora, "goat", moe=True),
     "full_ft_moe": Method(build_full_moe, "goat", moe=True),
@@ -62,13 +65,17 @@ def validate(cfg: AdapterConfig) -> None:
         validate_moe(cfg)
 
 
-def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True) -> nn.Module:
+def apply_adapter(
+    model: nn.Module, cfg: AdapterConfig, initialize: bool = True, device_type: str | None = None
+) -> nn.Module:
     """Adapts `model` in place with `cfg.method` and returns the model to train (a PeftModel for PEFT methods).
 
     Targets: every nn.Linear outside the task head and lm_head, or those matching cfg.target_modules.
     The head (cfg.modules_to_save, or children named classifier/score/head) trains fully; everything
     else is frozen, except for full_ft and full_ft_moe, which train every parameter.
     `adapted.goat_adapter.config` is `cfg` as it ran: every `auto` and every derived None written out.
+    device_type: where the model will train ("cuda", "cpu"; default: where its parameters are now), which
+    dropout_kernel=auto depends on.
     """
     validate(cfg)
     was_training = model.training
@@ -76,7 +83,10 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
     heads = find_heads(model, cfg.modules_to_save)
     targets = find_targets(model, cfg.target_modules, heads)
     model_id = model_identity(model) if cfg.model_id == AUTO else cfg.model_id
-    cfg = cfg.resolved().replace(target_modules=targets, modules_to_save=heads, model_id=model_id)
+    kernel = dropout_kernel_for(cfg, device_type or next(model.parameters(), torch.empty(0)).device.type)
+    cfg = cfg.resolved().replace(
+        target_modules=targets, modules_to_save=heads, model_id=model_id, dropout_kernel=kernel
+    )
     if method.backend == "peft":
         adapted = method.build(model, cfg, targets, heads)
     else:
@@ -94,6 +104,22 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, initialize: bool = True)
         100.0 * trainable / max(total, 1),
     )
     return adapted
+
+
+def dropout_kernel_for(cfg: AdapterConfig, device_type: str) -> str:
+    """cfg.dropout_kernel with `auto` resolved: the fused Triton kernels for a method whose routed layers draw a
+    mask per selected expert (Method.fused_dropout, dropout_mode per_expert, lora_dropout > 0) on CUDA with
+    triton importable, where they were measured faster than torch ops (docs/benchmarks.md); torch ops elsewhere."""
+    if cfg.dropout_kernel != AUTO:
+        return cfg.dropout_kernel
+    fused = (
+        METHODS[cfg.method].fused_dropout
+        and cfg.dropout_mode == "per_expert"
+        and cfg.lora_dropout > 0
+        and device_type == "cuda"
+        and fused_kernels_importable()
+    )
+    return "triton" if fused else "torch"
 
 
 @dataclass

@@ -46,12 +46,18 @@ GRAD_A_SPLITS = 8  # programs that share grad_A's sum over tokens for one column
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def fused_supported(x: torch.Tensor, slots: int) -> bool:
-    """The kernels run on CUDA tensors of DTYPES whose Philox counters fit 31 bits (on the CPU only in Triton's
-    interpreter, TRITON_INTERPRET=1, for tests)."""
-    tokens, n = x.shape
+def fused_supported(x: torch.Tensor) -> bool:
+    """The kernels run on CUDA tensors of DTYPES (on the CPU only in Triton's interpreter, TRITON_INTERPRET=1, for
+    tests)."""
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return on_device and x.dtype in DTYPES and slots * tokens * ((n + 3) // 4) < 2**31
+    return on_device and x.dtype in DTYPES
+
+
+def counters_fit(x: torch.Tensor, slots: int) -> bool:
+    """Whether every mask element of `slots` masks over x (T, n) has its own 31-bit Philox counter (one per group
+    of 4 features)."""
+    tokens, n = x.shape
+    return slots * tokens * ((n + 3) // 4) < 2**31
 
 
 def rank_tile(r: int) -> int:
