@@ -11,9 +11,10 @@
 #                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora,
 #                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
-#                  micro-batch 4 x 512 tokens, compiled, 40 steps + a short generation evaluation
+#                  micro-batch 4 x 512 tokens, 40 steps + a short generation evaluation, once per compile mode in
+#                  MODES (default: reduce-overhead, then default)
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
-# (recipe: $OUT/recipe/{results.json,metrics.jsonl,config.yaml}).
+# (recipe: $OUT/recipe-<mode>/{results.json,metrics.jsonl,config.yaml}).
 # The machine has torch, transformers, peft and accelerate; the recipe part also needs goat's other dependencies
 # as wheels for Python 3.12 in $WHEELS (hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, datasets and what it
 # needs), made here with `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d scratch/wheels_ds`,
@@ -44,11 +45,20 @@ case "$PART" in
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
     python3 scripts/shape_model.py --out /tmp/llama2-7b-shape
-    timeout "${BUDGET:-540}" python3 -m goat.cli task=math/gsm8k task.data_dir="${DATA:-scratch/data/math}" \
-      model.name_or_path=/tmp/llama2-7b-shape model.from_config=true method=goat method.r=32 method.lora_alpha=64 \
-      trainer.max_steps=40 trainer.batch_size=4 trainer.micro_batch_size=4 trainer.log_every_steps=5 \
-      trainer.compile=default trainer.pad_to_multiple_of=64 task.max_eval_samples=64 task.max_new_tokens=64 \
-      trainer.eval_batch_size=64 trainer.progress=false logger=none output_dir="$OUT/recipe" 2>&1 | tail -40
+    # one goat-train per compile mode (MODES, CUDA graphs first: the mode the benchmark finds fastest), each
+    # given its share of BUDGET; the adapter and checkpoints stay in /tmp (hundreds of MB), the logs come back
+    modes=(${MODES:-reduce-overhead default})
+    for mode in "${modes[@]}"; do
+      run=/tmp/recipe-$mode
+      timeout "$(( ${BUDGET:-540} / ${#modes[@]} ))" python3 -m goat.cli task=math/gsm8k \
+        task.data_dir="${DATA:-scratch/data/math}" model.name_or_path=/tmp/llama2-7b-shape model.from_config=true \
+        method=goat method.r=32 method.lora_alpha=64 trainer.max_steps=40 trainer.batch_size=4 \
+        trainer.micro_batch_size=4 trainer.log_every_steps=5 trainer.compile="$mode" trainer.pad_to_multiple_of=64 \
+        task.max_eval_samples=64 task.max_new_tokens=64 trainer.eval_batch_size=64 trainer.progress=false \
+        logger=none output_dir="$run" 2>&1 | tail -15
+      mkdir -p "$OUT/recipe-$mode" && cp "$run"/{results.json,metrics.jsonl,config.yaml} "$OUT/recipe-$mode/" 2>/dev/null
+      grep -h tokens_per_s "$run/metrics.jsonl" 2>/dev/null | tail -3
+    done
     ;;
   *) echo "unknown PART=$PART"; exit 2 ;;
 esac
