@@ -38,8 +38,8 @@ def test_paper_defaults():
         ({"method": "gaot"}, "unknown method 'gaot'; choose one of"),
         ({"top_k": 9}, "top_k must be between 1 and num_experts=8"),
         ({"r": 12}, "r=12 is not divisible by num_experts=8"),
-        ({"scaling": "big"}, "adapter.scaling must be one of"),
-        ({"segments": "middle"}, "adapter.segments must be one of"),
+        ({"scaling": "big"}, "method.scaling must be one of"),
+        ({"segments": "middle"}, "method.segments must be one of"),
         ({"lora_dropout": 1.5}, r"method.lora_dropout=1.5 must be a probability in \[0, 1\)"),
     ],
 )

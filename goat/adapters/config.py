@@ -145,13 +145,13 @@ def validate_choices(cfg: AdapterConfig) -> None:
     ):
         value = getattr(cfg, name)
         if value not in allowed:
-            raise ValueError(f"adapter.{name} must be one of {list(allowed)}, got {value!r}")
+            raise ValueError(f"method.{name} must be one of {list(allowed)}, got {value!r}")
     if cfg.dropout_kernel == "triton" and importlib.util.find_spec("triton") is None:
-        raise ValueError("adapter.dropout_kernel=triton needs the triton package (pip install triton); or use torch")
+        raise ValueError("method.dropout_kernel=triton needs the triton package (pip install triton), or use auto")
     for name in ("target_modules", "modules_to_save"):
         value = getattr(cfg, name)
         if value != AUTO and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise ValueError(f"adapter.{name} must be {AUTO!r} or a list of module names, got {value!r}")
+            raise ValueError(f"method.{name} must be {AUTO!r} or a list of module names, got {value!r}")
     errors = domain_errors(lambda name: getattr(cfg, name), AdapterConfig, "method")
     if errors:
         raise ValueError(errors[0])
