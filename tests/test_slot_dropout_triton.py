@@ -16,7 +16,7 @@ from goat.adapters.slot_dropout_triton import (  # noqa: E402
     drawn_masks,
     effective_p,
     feature_splits,
-    slot_dropout_down_fused,
+    routed_dropout_down,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,22 +27,28 @@ def reference(x, A, keep, p):
     return torch.stack([(x * keep[s]) @ A.t() for s in range(keep.shape[0])]) / (1 - effective_p(p))
 
 
-@pytest.mark.parametrize("tokens,n,r,slots", [(70, 72, 12, 2), (64, 128, 32, 2), (9, 20, 4, 3), (130, 64, 16, 1)])
-def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(tokens, n, r, slots):
+@pytest.mark.parametrize(
+    "tokens,n,r,e,slots", [(70, 72, 12, 8, 2), (64, 128, 32, 8, 2), (9, 20, 4, 3, 3), (130, 64, 16, 20, 1)]
+)
+def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(tokens, n, r, e, slots):
     torch.manual_seed(0)
     p = 0.3
     x = torch.randn(tokens, n, device=DEVICE, requires_grad=True)
     A = torch.randn(r, n, device=DEVICE, requires_grad=True)
+    W = torch.randn(e, n, device=DEVICE, requires_grad=True)  # the router
     seed = torch.tensor([987654321], device=DEVICE)
     upstream = torch.randn(slots, tokens, r, device=DEVICE)
-    act = slot_dropout_down_fused(x, A, seed, slots, p)
-    (act * upstream).sum().backward()
-    got = act.detach(), x.grad.clone(), A.grad.clone()
-    x.grad = A.grad = None
+    upstream_logits = torch.randn(tokens, e, device=DEVICE)
+    act, logits = routed_dropout_down(x, A, W, seed, slots, p)
+    assert logits.dtype == torch.float32 and logits.shape == (tokens, e)
+    ((act * upstream).sum() + (logits * upstream_logits).sum()).backward()
+    got = act.detach(), logits.detach(), x.grad.clone(), A.grad.clone(), W.grad.clone()
+    x.grad = A.grad = W.grad = None
     keep = drawn_masks(seed, slots, tokens, n, p)
-    want = reference(x, A, keep, p)
-    (want * upstream).sum().backward()
-    for name, a, b in zip(("act", "grad_x", "grad_A"), got, (want.detach(), x.grad, A.grad), strict=True):
+    want, want_logits = reference(x, A, keep, p), x @ W.t()
+    ((want * upstream).sum() + (want_logits * upstream_logits).sum()).backward()
+    names = ("act", "logits", "grad_x", "grad_A", "grad_W")
+    for name, a, b in zip(names, got, (want.detach(), want_logits.detach(), x.grad, A.grad, W.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=name)
 
 
@@ -51,7 +57,7 @@ def test_the_forward_splits_the_features_when_token_blocks_alone_leave_multiproc
     assert feature_splits(tokens=16 * 512, n=4096, slots=2, multiprocessors=132) == 2  # 256 programs -> 512
     assert feature_splits(tokens=64 * 512, n=4096, slots=2, multiprocessors=132) == 1  # 1024 programs: enough
     assert feature_splits(tokens=8, n=40, slots=1, multiprocessors=132) == 1  # one column tile: nothing to split
-    # the parametrized shapes above run both paths: (70, 72, 12, 2) in 2 splits, (130, 64, 16, 1) in one
+    # the parametrized shapes above run both paths: (70, 72, 12, 8, 2) in 2 splits, (130, 64, 16, 20, 1) in one
     assert feature_splits(70, 72, 2, 132) == 2 and feature_splits(130, 64, 1, 132) == 1
 
 
@@ -86,9 +92,11 @@ def test_fused_bf16_agrees_with_fp32_formula_and_compiles_without_graph_breaks()
     seed = torch.tensor([5], device="cuda")
     keep = drawn_masks(seed, slots, tokens, n, p)
     want = reference(x.float(), A.float(), keep, p)
-    got = slot_dropout_down_fused(x, A, seed, slots, p).float()
-    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
-    explained = torch._dynamo.explain(lambda x, A, s: slot_dropout_down_fused(x, A, s, slots, p))(x, A, seed)
+    W = torch.randn(8, n, device="cuda", dtype=torch.bfloat16) / 64
+    got, logits = routed_dropout_down(x, A, W, seed, slots, p)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(logits, x.float() @ W.float().t(), rtol=1e-3, atol=1e-3)  # fp32 sums of bf16 products
+    explained = torch._dynamo.explain(lambda x, A, W, s: routed_dropout_down(x, A, W, s, slots, p))(x, A, W, seed)
     assert explained.graph_break_count == 0
 
 

@@ -137,14 +137,16 @@ class MoERouting(nn.Module):
         self.last_balance_loss: torch.Tensor | None = None
         self.last_expert_load: torch.Tensor | None = None
 
-    def forward(self, x2d: torch.Tensor, leading_shape: torch.Size):
+    def forward(self, x2d: torch.Tensor, leading_shape: torch.Size, logits: torch.Tensor | None = None):
         """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), each expert's rank (T, E) for top-k gates or None.
+        `logits` (T, E): the router's x2d @ W^T when the fused kernels computed them already.
 
         The balance loss and the expert load are recorded only where gradients are computed: under no_grad
         (evaluation, decoding) the layer keeps no tensor of its own, so a CUDA-graph replay of the decoding
         step never finds an earlier replay's output still referenced.
         """
-        probs = at_least_fp32(self.lora_router(x2d)).softmax(dim=-1)  # (T, E), fp32 as in the reference
+        logits = self.lora_router(x2d) if logits is None else logits
+        probs = at_least_fp32(logits).softmax(dim=-1)  # (T, E), fp32 as in the reference
         gates, dispatch, balance_probs, rank = self.gate(probs, x2d)
         if not torch.is_grad_enabled():
             return gates, dispatch, rank
@@ -211,36 +213,38 @@ class MoELoRALinear(nn.Module):
         result = self.base_layer(x)
         leading = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features).to(compute_dtype(x, self.lora_A))  # (T, n)
-        gates, _, rank = self.routing(x2d, leading)  # (T, E) fp32, zero for unrouted experts
+        act, logits = self.down_projection(x2d, self.lora_A.to(x2d.dtype))  # (S, T, rank of A), (T, E) or None
+        gates, _, rank = self.routing(x2d, leading, logits)  # (T, E) fp32, zero for unrouted experts
         coef = gates * self.scaling  # (T, E): w_j * s_j
         tokens, experts, d = x2d.shape[0], self.num_experts, self.expert_rank
-        A = self.lora_A.to(x2d.dtype)
-        if self.training and self.dropout > 0:
-            slots = self.routing.gate.top_k if self.dropout_mode == "per_expert" else 1
-            act = self.dropped_down_projection(x2d, A, slots)  # (S, T, rank of A)
-            if slots > 1:  # slot j keeps only the expert it routed to: (S, T, E)
-                slot = torch.arange(slots, device=rank.device)[:, None, None]
-                coef = torch.where(rank[None] == slot, coef[None], 0.0)
-        else:
-            act = (x2d @ A.t())[None]  # (1, T, rank of A)
-        act = act.view(act.shape[0], tokens, 1 if self.shared_A else experts, d)
+        slots = act.shape[0]
+        if slots > 1:  # slot j keeps only the expert it routed to: (S, T, E)
+            slot = torch.arange(slots, device=rank.device)[:, None, None]
+            coef = torch.where(rank[None] == slot, coef[None], 0.0)
+        act = act.view(slots, tokens, 1 if self.shared_A else experts, d)
         mixed = (act * coef.view(-1, tokens, experts, 1)).sum(0)  # (T, E, d)
         delta = mixed.reshape(tokens, experts * d).to(x2d.dtype) @ self.lora_B.to(x2d.dtype).t()  # (T, m)
         return result + delta.view(*leading, self.out_features).to(result.dtype)
 
-    def dropped_down_projection(self, x2d: torch.Tensor, A: torch.Tensor, slots: int) -> torch.Tensor:
-        """(S, T, rank of A): each slot's own dropout of x2d (T, n), down-projected by A; by torch ops or by the
-        fused Triton kernels (dropout_kernel=triton), which draw the masks inside the product. A batch too large for
-        the kernels' 31-bit mask counters takes the torch ops (the same distribution) instead of failing the run."""
+    def down_projection(self, x2d: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(act, logits): act (S, T, rank of A) holds each slot's own dropout of x2d (T, n) down-projected by A (one
+        slot in eval or without dropout); logits (T, E) are the router's when the fused Triton kernels
+        (dropout_kernel=triton) computed them from the same loads of x, else None (the router computes them).
+        A batch too large for the kernels' 31-bit mask counters takes the torch ops (the same distribution) instead
+        of failing the run."""
+        if not (self.training and self.dropout > 0):
+            return (x2d @ A.t())[None], None
+        slots = self.routing.gate.top_k if self.dropout_mode == "per_expert" else 1
         if self.dropout_kernel == "torch" or (fused is not None and not fused.counters_fit(x2d, slots)):
-            return slot_dropout_down(x2d, A, slots, self.dropout)
+            return slot_dropout_down(x2d, A, slots, self.dropout), None
         if fused is None or not fused.fused_supported(x2d):
             raise RuntimeError(
                 "dropout_kernel=triton needs triton and CUDA tensors of bf16, fp16 or fp32 (or TRITON_INTERPRET=1); "
                 f"got {x2d.device.type} {x2d.dtype}: use method.dropout_kernel=torch"
             )
+        router = self.routing.lora_router.weight.to(x2d.dtype).contiguous()
         seed = fused.draw_seed(x2d.device)
-        return fused.slot_dropout_down_fused(x2d.contiguous(), A.contiguous(), seed, slots, self.dropout)
+        return fused.routed_dropout_down(x2d.contiguous(), A.contiguous(), router, seed, slots, self.dropout)
 
     # Residual (spec §2.4): the base weight holds W0 - B_res @ A_res, computed in fp32, cast once.
     def subtract_residual(self, residual_B: torch.Tensor, residual_A: torch.Tensor) -> None:

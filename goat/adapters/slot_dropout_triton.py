@@ -1,9 +1,15 @@
-"""Per-slot dropout down-projection as Triton kernels: each slot's mask is drawn inside the matrix product, so
-neither forward nor backward writes a dropped copy of x or keeps a mask (backward draws the same masks again).
+"""A routed layer's down-projection as Triton kernels: each slot's dropout mask is drawn inside the matrix product,
+so neither forward nor backward writes a dropped copy of x or keeps a mask (backward draws the same masks again),
+and the router's logits (x without dropout) come from the same loads of x, forward and backward.
 
     act[s]  = (x * keep_s) @ A^T * c                         x (T, n), A (r, n), act (S, T, r), c = 1 / (1 - p')
-    grad_x  = c * sum_s keep_s * (grad_act[s] @ A)           (T, n)
+    logits  = x @ W^T                                        the router W (E, n), logits (T, E) in fp32
+    grad_x  = c * sum_s keep_s * (grad_act[s] @ A) + grad_logits @ W          (T, n)
     grad_A  = c * sum_s grad_act[s]^T @ (keep_s * x)         (r, n)
+    grad_W  = grad_logits^T @ x                              (E, n)
+
+Against the torch path, which runs the router as its own matrix product (under bf16 autocast: bf16 logits), this
+saves a read of x in forward and, in backward, a read of x, a write of a (T, n) gradient and the sum of it.
 
 The masks are Bernoulli like the torch path's (goat.adapters.slot_dropout), with p rounded to 2**-15: element i of
 row t in slot s is kept where the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4) +
@@ -74,37 +80,47 @@ def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
 
 
 @triton.jit
-def _down_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, tokens, n, r, threshold, scale, cols_per_split,
-                 BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+def _down_kernel(x_ptr, a_ptr, w_ptr, out_ptr, logit_ptr, seed_ptr, tokens, n, r, e, threshold, scale, cols_per_split,
+                 BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
+                 PRECISION: tl.constexpr):  # fmt: skip
     """One (BT, r) block of act[slot] over one range of the input features: program (token block, slot, split)
-    -> out[split, slot] (the splits' partial products are summed afterwards when there are several)."""
+    -> out[split, slot]; the slot-0 programs also compute the router's logits from the x they load -> logits[split]
+    (the splits' partial products are summed afterwards when there are several)."""
     slot = tl.program_id(1)
     split = tl.program_id(2)
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
+    experts = tl.arange(0, BE)[None, :]  # (1, BE)
     groups = (n + 3) // 4
     acc = tl.zeros((BT, BR), dtype=tl.float32)
+    logits = tl.zeros((BT, BE), dtype=tl.float32)
     for start in range(split * cols_per_split, (split + 1) * cols_per_split, BN):
         cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
         x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
         keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
         a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
         acc += tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
+        if slot == 0:
+            w_t = tl.load(w_ptr + experts * n + tl.trans(cols), mask=(experts < e) & (tl.trans(cols) < n), other=0.0)
+            logits += tl.dot(x, w_t, input_precision=PRECISION)  # (BT, BN) x (BN, BE), x as it came (no dropout)
     out = out_ptr + (split * tl.num_programs(1) + slot) * tokens * r + rows * r + ranks
     tl.store(out, (acc * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
+    if slot == 0:
+        tl.store(logit_ptr + split * tokens * e + rows * e + experts, logits, mask=(rows < tokens) & (experts < e))
 
 
 @triton.jit
-def _grad_x_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens, n, r, threshold, scale,
-                   S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+def _grad_x_kernel(g_ptr, gl_ptr, a_ptr, w_ptr, gx_ptr, seed_ptr, tokens, n, r, e, threshold, scale,
+                   S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
                    PRECISION: tl.constexpr):  # fmt: skip
-    """One (BT, BN) block of grad_x: program (token block, column block), the slots summed inside."""
+    """One (BT, BN) block of grad_x: program (token block, column block), the slots and the router summed inside."""
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     start = tl.program_id(1) * BN
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)
+    experts = tl.arange(0, BE)
     groups = (n + 3) // 4
     a = tl.load(a_ptr + ranks[:, None] * n + cols, mask=(ranks[:, None] < r) & (cols < n), other=0.0)  # (BR, BN)
     acc = tl.zeros((BT, BN), dtype=tl.float32)
@@ -114,22 +130,28 @@ def _grad_x_kernel(g_ptr, a_ptr, gx_ptr, seed_ptr, tokens, n, r, threshold, scal
         product = tl.dot(g, a, input_precision=PRECISION)  # (BT, BN)
         keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
         acc += tl.where(keep, product, 0.0)
+    w = tl.load(w_ptr + experts[:, None] * n + cols, mask=(experts[:, None] < e) & (cols < n), other=0.0)  # (BE, BN)
+    gl = tl.load(gl_ptr + rows * e + experts[None, :], mask=(rows < tokens) & (experts[None, :] < e), other=0.0)
+    routed = tl.dot(gl.to(w.dtype), w, input_precision=PRECISION)  # (BT, BE) x (BE, BN): the router's part
     gx = gx_ptr + rows * n + cols
-    tl.store(gx, (acc * scale).to(gx_ptr.dtype.element_ty), mask=(rows < tokens) & (cols < n))
+    tl.store(gx, (acc * scale + routed).to(gx_ptr.dtype.element_ty), mask=(rows < tokens) & (cols < n))
 
 
 @triton.jit
-def _grad_a_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens, n, r, threshold, scale, rows_per_split,
-                   S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                   PRECISION: tl.constexpr):  # fmt: skip
-    """Partial sum of grad_A over one token range: program (column block, split) -> part[split] (BR, BN) in fp32."""
+def _grad_a_kernel(g_ptr, gl_ptr, x_ptr, part_ptr, w_part_ptr, seed_ptr, tokens, n, r, e, threshold, scale,
+                   rows_per_split, S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                   BE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Partial sums of grad_A and of the router's grad_W over one token range, from one load of x: program (column
+    block, split) -> part[split] (BR, BN) and w_part[split] (BE, BN), in fp32."""
     seed = tl.load(seed_ptr)
     start = tl.program_id(0) * BN
     split = tl.program_id(1)
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)
+    experts = tl.arange(0, BE)
     groups = (n + 3) // 4
     acc = tl.zeros((BR, BN), dtype=tl.float32)
+    w_acc = tl.zeros((BE, BN), dtype=tl.float32)
     for first in range(split * rows_per_split, (split + 1) * rows_per_split, BT):
         rows = first + tl.arange(0, BT)[:, None]  # (BT, 1)
         x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)  # (BT, BN)
@@ -138,19 +160,26 @@ def _grad_a_kernel(g_ptr, x_ptr, part_ptr, seed_ptr, tokens, n, r, threshold, sc
             g_rows = g_ptr + slot * tokens * r + rows * r + ranks[None, :]
             g = tl.load(g_rows, mask=(rows < tokens) & (ranks[None, :] < r), other=0.0)  # (BT, BR)
             acc += tl.dot(tl.trans(g), tl.where(keep, x, 0.0), input_precision=PRECISION)  # (BR, BN)
+        gl = tl.load(gl_ptr + rows * e + experts[None, :], mask=(rows < tokens) & (experts[None, :] < e), other=0.0)
+        w_acc += tl.dot(tl.trans(gl.to(x.dtype)), x, input_precision=PRECISION)  # (BE, BN)
     part = part_ptr + split * r * n + ranks[:, None] * n + cols
     tl.store(part, acc * scale, mask=(ranks[:, None] < r) & (cols < n))
+    w_part = w_part_ptr + split * e * n + experts[:, None] * n + cols
+    tl.store(w_part, w_acc, mask=(experts[:, None] < e) & (cols < n))
 
 
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 stays fp32; for 16-bit inputs the flag is unused
 
 
-@custom_op("goat::slot_dropout_down", mutates_args=())
-def slot_dropout_down_fused(x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, slots: int, p: float) -> torch.Tensor:
-    """x (T, n), A (r, n), seed (1,) int64 -> act (S, T, r): slot s = dropout_s(x) @ A^T."""
+@custom_op("goat::routed_dropout_down", mutates_args=())
+def routed_dropout_down(
+    x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, seed: torch.Tensor, slots: int, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (T, n), A (r, n), the router's W (E, n), seed (1,) int64 -> (act (S, T, r) in x's dtype: slot s =
+    dropout_s(x) @ A^T; logits (T, E) fp32 = x @ W^T, from the same loads of x)."""
     tokens, n = x.shape
-    r = A.shape[0]
+    r, e = A.shape[0], W.shape[0]
     splits = feature_splits(tokens, n, slots, _multiprocessors(x.device))
     cols_per_split = triton.cdiv(triton.cdiv(n, splits), TILE_N) * TILE_N
     splits = triton.cdiv(n, cols_per_split)
@@ -158,11 +187,14 @@ def slot_dropout_down_fused(x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor
         out = torch.empty((1, slots, tokens, r), device=x.device, dtype=x.dtype)
     else:
         out = torch.empty((splits, slots, tokens, r), device=x.device, dtype=torch.float32)
+    logits = torch.empty((splits, tokens, e), device=x.device, dtype=torch.float32)
     _down_kernel[(triton.cdiv(tokens, TILE_T), slots, splits)](
-        x, A, out, seed, tokens, n, r, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
-        BT=TILE_T, BN=TILE_N, BR=rank_tile(r), PRECISION=_precision(x.dtype),
+        x, A, W, out, logits, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
+        BT=TILE_T, BN=TILE_N, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
     )  # fmt: skip
-    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
+    if splits == 1:
+        return out[0], logits[0]
+    return out.sum(0).to(x.dtype), logits.sum(0)
 
 
 def feature_splits(tokens: int, n: int, slots: int, multiprocessors: int) -> int:
@@ -180,53 +212,56 @@ def _multiprocessors(device: torch.device) -> int:
     return 132  # Triton's CPU interpreter: as on an H100/H200, so that tests split the features as the GPU would
 
 
-@custom_op("goat::slot_dropout_down_backward", mutates_args=())
-def slot_dropout_down_backward(
-    grad_act: torch.Tensor, x: torch.Tensor, A: torch.Tensor, seed: torch.Tensor, p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x (T, n) in x's dtype, grad_A (r, n) in A's dtype) for act = slot_dropout_down_fused(x, A, seed, S, p)."""
+@custom_op("goat::routed_dropout_down_backward", mutates_args=())
+def routed_dropout_down_backward(
+    grad_act: torch.Tensor, grad_logits: torch.Tensor, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor,
+    seed: torch.Tensor, p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(grad_x (T, n) in x's dtype, grad_A (r, n) in A's, grad_W (E, n) in W's) of routed_dropout_down."""
     slots, tokens, r = grad_act.shape
-    n = x.shape[1]
+    n, e = x.shape[1], W.shape[0]
     grad_act = grad_act.to(x.dtype).contiguous()
-    threshold, scale, rank = drop_threshold(p), 1.0 / (1.0 - effective_p(p)), rank_tile(r)
+    grad_logits = grad_logits.float().contiguous()
+    threshold, scale, tiles = drop_threshold(p), 1.0 / (1.0 - effective_p(p)), {"BR": rank_tile(r), "BE": rank_tile(e)}
     grad_x = torch.empty_like(x)
     _grad_x_kernel[(triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N))](
-        grad_act, A, grad_x, seed, tokens, n, r, threshold, scale,
-        S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
+        grad_act, grad_logits, A, W, grad_x, seed, tokens, n, r, e, threshold, scale,
+        S=slots, BT=TILE_T, BN=TILE_N, **tiles, PRECISION=_precision(x.dtype),
     )  # fmt: skip
     splits = min(GRAD_A_SPLITS, triton.cdiv(tokens, TILE_T))
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), TILE_T) * TILE_T
     parts = torch.empty((splits, r, n), device=x.device, dtype=torch.float32)
+    w_parts = torch.empty((splits, e, n), device=x.device, dtype=torch.float32)
     _grad_a_kernel[(triton.cdiv(n, TILE_N), splits)](
-        grad_act, x, parts, seed, tokens, n, r, threshold, scale, rows_per_split,
-        S=slots, BT=TILE_T, BN=TILE_N, BR=rank, PRECISION=_precision(x.dtype),
+        grad_act, grad_logits, x, parts, w_parts, seed, tokens, n, r, e, threshold, scale, rows_per_split,
+        S=slots, BT=TILE_T, BN=TILE_N, **tiles, PRECISION=_precision(x.dtype),
     )  # fmt: skip
-    return grad_x, parts.sum(0).to(A.dtype)
+    return grad_x, parts.sum(0).to(A.dtype), w_parts.sum(0).to(W.dtype)
 
 
-@slot_dropout_down_fused.register_fake
-def _(x, A, seed, slots, p):
-    return x.new_empty((slots, x.shape[0], A.shape[0]))
+@routed_dropout_down.register_fake
+def _(x, A, W, seed, slots, p):
+    return x.new_empty((slots, x.shape[0], A.shape[0])), x.new_empty((x.shape[0], W.shape[0]), dtype=torch.float32)
 
 
-@slot_dropout_down_backward.register_fake
-def _(grad_act, x, A, seed, p):
-    return torch.empty_like(x), torch.empty_like(A)
+@routed_dropout_down_backward.register_fake
+def _(grad_act, grad_logits, x, A, W, seed, p):
+    return torch.empty_like(x), torch.empty_like(A), torch.empty_like(W)
 
 
 def _setup_context(ctx, inputs, output):
-    x, A, seed, _slots, p = inputs
-    ctx.save_for_backward(x, A, seed)
+    x, A, W, seed, _slots, p = inputs
+    ctx.save_for_backward(x, A, W, seed)
     ctx.p = p
 
 
-def _backward(ctx, grad_act):
-    x, A, seed = ctx.saved_tensors
-    grad_x, grad_A = slot_dropout_down_backward(grad_act, x, A, seed, ctx.p)
-    return grad_x, grad_A, None, None, None
+def _backward(ctx, grad_act, grad_logits):
+    x, A, W, seed = ctx.saved_tensors
+    grad_x, grad_A, grad_W = routed_dropout_down_backward(grad_act, grad_logits, x, A, W, seed, ctx.p)
+    return grad_x, grad_A, grad_W, None, None, None
 
 
-slot_dropout_down_fused.register_autograd(_backward, setup_context=_setup_context)
+routed_dropout_down.register_autograd(_backward, setup_context=_setup_context)
 
 
 def draw_seed(device: torch.device) -> torch.Tensor:
