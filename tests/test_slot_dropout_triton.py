@@ -162,3 +162,12 @@ def test_a_batch_too_large_for_the_mask_counters_takes_the_torch_ops(monkeypatch
     monkeypatch.setattr(moe.fused, "counters_fit", lambda x, slots: False)
     out = layer(torch.randn(3, 5, 20, device=DEVICE))
     assert calls == [2] and out.shape == (3, 5, layer.out_features)
+
+
+def test_logits_that_reach_no_loss_give_the_router_a_zero_gradient():
+    x = torch.randn(20, 24, device=DEVICE, requires_grad=True)
+    A = torch.randn(8, 24, device=DEVICE, requires_grad=True)
+    W = torch.randn(4, 24, device=DEVICE, requires_grad=True)
+    act, _ = routed_dropout_down(x, A, W, torch.tensor([3], device=DEVICE), 2, 0.1)
+    act.sum().backward()
+    assert torch.count_nonzero(W.grad) == 0 and torch.count_nonzero(A.grad) > 0

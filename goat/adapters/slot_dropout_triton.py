@@ -80,34 +80,53 @@ def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
 
 
 @triton.jit
+def _dropped_product(x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold,
+                     BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """The tile of x at rows (BT, 1) and columns start.. start + BN, and the slot's dropped tile times A^T's:
+    ((BT, BN), (BT, BR) fp32)."""
+    cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
+    ranks = tl.arange(0, BR)[None, :]  # (1, BR)
+    x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
+    keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, (n + 3) // 4, threshold)
+    a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
+    return x, tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
+
+
+@triton.jit
 def _down_kernel(x_ptr, a_ptr, w_ptr, out_ptr, logit_ptr, seed_ptr, tokens, n, r, e, threshold, scale, cols_per_split,
                  BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
                  PRECISION: tl.constexpr):  # fmt: skip
     """One (BT, r) block of act[slot] over one range of the input features: program (token block, slot, split)
     -> out[split, slot]; the slot-0 programs also compute the router's logits from the x they load -> logits[split]
-    (the splits' partial products are summed afterwards when there are several)."""
+    (the splits' partial products are summed afterwards when there are several). The branch on the slot is
+    taken once, outside the loops, so that each loop body is straight-line code the compiler can pipeline."""
     slot = tl.program_id(1)
     split = tl.program_id(2)
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
     experts = tl.arange(0, BE)[None, :]  # (1, BE)
-    groups = (n + 3) // 4
+    first, last = split * cols_per_split, (split + 1) * cols_per_split
     acc = tl.zeros((BT, BR), dtype=tl.float32)
-    logits = tl.zeros((BT, BE), dtype=tl.float32)
-    for start in range(split * cols_per_split, (split + 1) * cols_per_split, BN):
-        cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
-        x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
-        keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
-        a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
-        acc += tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
-        if slot == 0:
-            w_t = tl.load(w_ptr + experts * n + tl.trans(cols), mask=(experts < e) & (tl.trans(cols) < n), other=0.0)
-            logits += tl.dot(x, w_t, input_precision=PRECISION)  # (BT, BN) x (BN, BE), x as it came (no dropout)
+    if slot == 0:
+        logits = tl.zeros((BT, BE), dtype=tl.float32)
+        for start in range(first, last, BN):
+            x, part = _dropped_product(
+                x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
+            )
+            acc += part
+            cols = start + tl.arange(0, BN)[:, None]  # (BN, 1)
+            w_t = tl.load(w_ptr + experts * n + cols, mask=(experts < e) & (cols < n), other=0.0)  # (BN, BE)
+            logits += tl.dot(x, w_t, input_precision=PRECISION)  # x as it came: the router sees no dropout
+        tl.store(logit_ptr + split * tokens * e + rows * e + experts, logits, mask=(rows < tokens) & (experts < e))
+    else:
+        for start in range(first, last, BN):
+            _, part = _dropped_product(
+                x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
+            )
+            acc += part
     out = out_ptr + (split * tl.num_programs(1) + slot) * tokens * r + rows * r + ranks
     tl.store(out, (acc * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
-    if slot == 0:
-        tl.store(logit_ptr + split * tokens * e + rows * e + experts, logits, mask=(rows < tokens) & (experts < e))
 
 
 @triton.jit
@@ -257,6 +276,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_act, grad_logits):
     x, A, W, seed = ctx.saved_tensors
+    if grad_logits is None:  # logits that reached no loss (a frozen router): their gradient is zero
+        grad_logits = x.new_zeros((x.shape[0], W.shape[0]), dtype=torch.float32)
     grad_x, grad_A, grad_W = routed_dropout_down_backward(grad_act, grad_logits, x, A, W, seed, ctx.p)
     return grad_x, grad_A, grad_W, None, None, None
 
