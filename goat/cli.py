@@ -156,9 +156,21 @@ def _train(argv: list[str], show: bool) -> int:
     except (NonFiniteLossError, CheckpointError) as error:
         print(f"goat-train: {error}", file=sys.stderr)
         return 1
+    finally:
+        leave_process_group()
     if results.get("status") == "finished" and PartialState().is_main_process:  # once, not once per process
         print(results_table(results))
     return 0 if results.get("status") in ("finished", "interrupted") else 1
+
+
+def leave_process_group() -> None:
+    """Ends the torch.distributed group a launcher (torchrun, accelerate launch) started, before the interpreter
+    exits: a group left to the interpreter's shutdown can abort a process ("terminate called without an active
+    exception") after its run has finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _multirun(argv: list[str]) -> int:
