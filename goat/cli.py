@@ -167,7 +167,7 @@ def leave_process_group() -> None:
     """Ends the torch.distributed group a launcher (torchrun, accelerate launch) started, before the interpreter
     exits: a group left to the interpreter's shutdown can abort a process ("terminate called without an active
     exception") after its run has finished."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: torch, 2 s, only once a run has ended (note at the top)
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
