@@ -71,12 +71,21 @@ def rank_tile(r: int) -> int:
 
 
 @triton.jit
-def _keep(seed, slot, rows, group_cols, tokens, groups, threshold):
-    """(BT, 4 BG) bool keep mask: rows (BT, 1) token indices, group_cols (1, BG) indices of 4-element groups."""
-    counter = ((slot * tokens + rows) * groups + group_cols).to(tl.int32)
+def _keep(seed, slot, rows, start, tokens, n, threshold, BN: tl.constexpr):
+    """(BT, BN) bool keep mask of slot `slot` at rows (BT, 1) and columns start.. start + BN (start a multiple of
+    4: the mask is drawn by groups of 4 elements, one Philox call each)."""
+    group_cols = start // 4 + tl.arange(0, BN // 4)[None, :]  # (1, BN / 4)
+    counter = ((slot * tokens + rows) * ((n + 3) // 4) + group_cols).to(tl.int32)
     r0, r1, r2, r3 = tl.randint4x(seed, counter)
     bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # element 4 g + c is output c of group g
     return (bits & _CHUNK_MASK) >= threshold
+
+
+@triton.jit
+def _row_block(ptr, rows, width, tokens, BW: tl.constexpr):
+    """(BT, BW) block of a row-major (tokens, width) matrix at rows (BT, 1), zero outside it."""
+    cols = tl.arange(0, BW)[None, :]
+    return tl.load(ptr + rows * width + cols, mask=(rows < tokens) & (cols < width), other=0.0)
 
 
 @triton.jit
@@ -87,7 +96,7 @@ def _dropped_product(x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, thresh
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
     x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
-    keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, (n + 3) // 4, threshold)
+    keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
     a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
     return x, tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
 
@@ -140,17 +149,15 @@ def _grad_x_kernel(g_ptr, gl_ptr, a_ptr, w_ptr, gx_ptr, seed_ptr, tokens, n, r, 
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)
     experts = tl.arange(0, BE)
-    groups = (n + 3) // 4
     a = tl.load(a_ptr + ranks[:, None] * n + cols, mask=(ranks[:, None] < r) & (cols < n), other=0.0)  # (BR, BN)
     acc = tl.zeros((BT, BN), dtype=tl.float32)
     for slot in tl.static_range(S):
-        g_rows = g_ptr + slot * tokens * r + rows * r + ranks[None, :]
-        g = tl.load(g_rows, mask=(rows < tokens) & (ranks[None, :] < r), other=0.0)  # (BT, BR)
+        g = _row_block(g_ptr + slot * tokens * r, rows, r, tokens, BR)  # (BT, BR)
         product = tl.dot(g, a, input_precision=PRECISION)  # (BT, BN)
-        keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
+        keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
         acc += tl.where(keep, product, 0.0)
     w = tl.load(w_ptr + experts[:, None] * n + cols, mask=(experts[:, None] < e) & (cols < n), other=0.0)  # (BE, BN)
-    gl = tl.load(gl_ptr + rows * e + experts[None, :], mask=(rows < tokens) & (experts[None, :] < e), other=0.0)
+    gl = _row_block(gl_ptr, rows, e, tokens, BE)  # (BT, BE)
     routed = tl.dot(gl.to(w.dtype), w, input_precision=PRECISION)  # (BT, BE) x (BE, BN): the router's part
     gx = gx_ptr + rows * n + cols
     tl.store(gx, (acc * scale + routed).to(gx_ptr.dtype.element_ty), mask=(rows < tokens) & (cols < n))
@@ -168,18 +175,16 @@ def _grad_a_kernel(g_ptr, gl_ptr, x_ptr, part_ptr, w_part_ptr, seed_ptr, tokens,
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)
     experts = tl.arange(0, BE)
-    groups = (n + 3) // 4
     acc = tl.zeros((BR, BN), dtype=tl.float32)
     w_acc = tl.zeros((BE, BN), dtype=tl.float32)
     for first in range(split * rows_per_split, (split + 1) * rows_per_split, BT):
         rows = first + tl.arange(0, BT)[:, None]  # (BT, 1)
         x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)  # (BT, BN)
         for slot in tl.static_range(S):
-            keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, groups, threshold)
-            g_rows = g_ptr + slot * tokens * r + rows * r + ranks[None, :]
-            g = tl.load(g_rows, mask=(rows < tokens) & (ranks[None, :] < r), other=0.0)  # (BT, BR)
+            keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
+            g = _row_block(g_ptr + slot * tokens * r, rows, r, tokens, BR)  # (BT, BR)
             acc += tl.dot(tl.trans(g), tl.where(keep, x, 0.0), input_precision=PRECISION)  # (BR, BN)
-        gl = tl.load(gl_ptr + rows * e + experts[None, :], mask=(rows < tokens) & (experts[None, :] < e), other=0.0)
+        gl = _row_block(gl_ptr, rows, e, tokens, BE)  # (BT, BE)
         w_acc += tl.dot(tl.trans(gl.to(x.dtype)), x, input_precision=PRECISION)  # (BE, BN)
     part = part_ptr + split * r * n + ranks[:, None] * n + cols
     tl.store(part, acc * scale, mask=(ranks[:, None] < r) & (cols < n))
@@ -298,7 +303,7 @@ def _mask_kernel(keep_ptr, seed_ptr, tokens, n, threshold, BT: tl.constexpr, BN:
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]
     start = tl.program_id(1) * BN
     cols = start + tl.arange(0, BN)[None, :]
-    keep = _keep(seed, slot, rows, start // 4 + tl.arange(0, BN // 4)[None, :], tokens, (n + 3) // 4, threshold)
+    keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
     tl.store(keep_ptr + slot * tokens * n + rows * n + cols, keep.to(tl.int8), mask=(rows < tokens) & (cols < n))
 
 
