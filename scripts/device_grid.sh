@@ -12,7 +12,7 @@
 # METHODS and TASKS filter (shell patterns); SET adds overrides (space-separated); EXAMPLES=1 brings back the
 # per-question loglik files too (small_decoder's paired test).
 set -uo pipefail
-OUT=${OUT:-/tmp}
+OUT=${OUT:-/tmp}; mkdir -p "$OUT"  # a subfolder of the device's $OUT (two tables in one call) is made here
 DATA=${DATA:-scratch/data}
 RUNS=${RUNS:-runs-gpu}
 TABLE=${TABLE:?name the table: TABLE=small_sweep}
