@@ -262,11 +262,11 @@ def measure_training(run: Run, method: str, mode: str, adapted: Adapted) -> None
             continue
         with run.timed(f"train {mode}"):
             step = functools.partial(train_step, run, adapted, batch, optimizer)
+            if cuda:  # from the first step: CUDA graphs allocate a step's activations only while they capture it
+                torch.cuda.reset_peak_memory_stats()
             first_s = wall_seconds(step, run.device)
             for _ in range(run.args.warmup - 1):
                 step()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
             median_ms = 1e3 * statistics.median(wall_seconds(step, run.device) for _ in range(run.args.steps))
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
             row = {"method": method, "mode": mode, "shape": shape, "step_ms": median_ms,
@@ -468,9 +468,12 @@ def decoding_table(rows: list[dict]) -> str:
 TABLE_NOTES = (
     "Step: forward + loss (+ balance loss) + backward + AdamW (bf16 autocast and fused AdamW on CUDA), median of "
     "--steps, each synchronized. x LoRA best: step ms over PEFT LoRA's fastest mode at that shape. init s: "
-    "apply_adapter (pissa through goat's SVD unless --pissa-peft-svd). host syncs: in one step. Dropout kernel: "
-    "goat and molora take method.dropout_kernel=auto (the fused Triton kernels on CUDA, torch ops elsewhere), "
-    "-torch and -fused name one (files before 2026-12-02: goat and molora used torch ops).")
+    "apply_adapter (pissa through goat's SVD unless --pissa-peft-svd). host syncs: in one step. peak GiB: the "
+    "most memory allocated during any step at that shape, the first (compilation, CUDA graph capture) included: "
+    "replayed CUDA graphs allocate nothing, so a peak over the timed steps alone leaves their activations out "
+    "(files whose notes lack this sentence did). Dropout kernel: goat and molora take "
+    "method.dropout_kernel=auto (the fused Triton kernels on CUDA, torch ops elsewhere), -torch and -fused name "
+    "one (files before 2026-12-02: goat and molora used torch ops).")
 
 
 def save(run: Run) -> str:
