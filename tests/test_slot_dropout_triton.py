@@ -28,7 +28,8 @@ def reference(x, A, keep, p):
 
 
 @pytest.mark.parametrize(
-    "tokens,n,r,e,slots", [(70, 72, 12, 8, 2), (64, 128, 32, 8, 2), (9, 20, 4, 3, 3), (130, 64, 16, 20, 1)]
+    "tokens,n,r,e,slots",
+    [(70, 72, 12, 8, 2), (64, 128, 32, 8, 2), (9, 20, 4, 3, 3), (130, 64, 16, 20, 1), (33, 40, 8, 4, 4)],
 )
 def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(tokens, n, r, e, slots):
     torch.manual_seed(0)
@@ -53,16 +54,18 @@ def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(token
 
 
 def test_the_forward_splits_the_features_when_token_blocks_alone_leave_multiprocessors_idle():
-    assert feature_splits(tokens=4 * 512, n=4096, slots=2, multiprocessors=132) == 5  # 64 programs -> 320
-    assert feature_splits(tokens=16 * 512, n=4096, slots=2, multiprocessors=132) == 2  # 256 programs -> 512
-    assert feature_splits(tokens=64 * 512, n=4096, slots=2, multiprocessors=132) == 1  # 1024 programs: enough
+    # a program computes both slots of a pair: 4x512 tokens and top-2 make 32 token blocks x 1 pair = 32 programs
+    assert feature_splits(tokens=4 * 512, n=4096, slots=2, multiprocessors=132) == 9  # 32 programs -> 288
+    assert feature_splits(tokens=16 * 512, n=4096, slots=2, multiprocessors=132) == 3  # 128 programs -> 384
+    assert feature_splits(tokens=16 * 512, n=4096, slots=4, multiprocessors=132) == 2  # 2 pairs: 256 -> 512
+    assert feature_splits(tokens=64 * 512, n=4096, slots=2, multiprocessors=132) == 1  # 512 programs: enough
     assert feature_splits(tokens=8, n=40, slots=1, multiprocessors=132) == 1  # one column tile: nothing to split
     # the parametrized shapes above run both paths: (70, 72, 12, 8, 2) in 2 splits, (130, 64, 16, 20, 1) in one
     assert feature_splits(70, 72, 2, 132) == 2 and feature_splits(130, 64, 1, 132) == 1
 
 
-def test_effective_p_is_p_to_2_to_the_minus_15_and_never_drops_everything():
-    assert abs(effective_p(0.05) - 0.05) <= 2**-16 and effective_p(1e-9) == 0.0
+def test_effective_p_is_p_to_2_to_the_minus_16_and_never_drops_everything():
+    assert abs(effective_p(0.05) - 0.05) <= 2**-17 and effective_p(1e-9) == 0.0
     assert 0 < effective_p(0.999999) < 1  # the scale 1 / (1 - p') stays finite
 
 
@@ -73,7 +76,8 @@ def test_drawn_masks_are_bernoulli_per_slot_and_depend_on_the_seed():
     sigma = (q * (1 - q) / keep.numel()) ** 0.5
     assert abs(keep.mean().item() - q) < 4 * sigma
     joint_sigma = (q * q * (1 - q * q) / keep[0].numel()) ** 0.5
-    assert abs((keep[0] * keep[1]).mean().item() - q * q) < 4 * joint_sigma  # the slots draw independently
+    # slots 0 and 1 take the low and high halves of the same Philox outputs: still independent
+    assert abs((keep[0] * keep[1]).mean().item() - q * q) < 4 * joint_sigma
     within = keep[..., 0::4] * keep[..., 1::4]  # two outputs of one Philox call
     assert abs(within.mean().item() - q * q) < 4 * joint_sigma * 2**0.5
     other = drawn_masks(torch.tensor([2], device=DEVICE), slots, tokens, n, p).double()

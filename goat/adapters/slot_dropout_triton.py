@@ -11,11 +11,13 @@ and the router's logits (x without dropout) come from the same loads of x, forwa
 Against the torch path, which runs the router as its own matrix product (under bf16 autocast: bf16 logits), this
 saves a read of x in forward and, in backward, a read of x, a write of a (T, n) gradient and the sum of it.
 
-The masks are Bernoulli like the torch path's (goat.adapters.slot_dropout), with p rounded to 2**-15: element i of
-row t in slot s is kept where the 15 low bits of Philox4x32-10 output i % 4, counter (s * T + t) * ceil(n / 4) +
-i // 4, key `seed` (a one-element int64 tensor drawn from the default generator at each forward), are
->= round(p * 2**15). One Philox call serves four elements. The same (seed, counter) gives the same mask in every
-kernel, which is what lets backward redraw it.
+The masks are Bernoulli like the torch path's (goat.adapters.slot_dropout), with p rounded to 2**-16: slots go in
+pairs (2j, 2j + 1), and element i of row t is kept in slot 2j where the low 16 bits of Philox4x32-10 output i % 4,
+counter (j * T + t) * ceil(n / 4) + i // 4, key `seed` (a one-element int64 tensor drawn from the default
+generator at each forward), are >= round(p * 2**16), and in slot 2j + 1 where the high 16 bits of the same output
+are. One Philox call serves four elements of two slots (eight mask values), and each kernel that reads x once
+draws both slots of a pair from one call. The same (seed, counter) gives the same mask in every kernel, which is
+what lets backward redraw it.
 
 Registered as torch.library custom ops with fake (shape) implementations, so torch.compile keeps them as graph
 nodes (no graph break, CUDA graphs capture them) and autograd calls the backward op. The torch path
@@ -32,17 +34,18 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
-CHUNK_BITS = 15  # random bits per mask element: p is resolved to 2**-15
-_CHUNK_MASK = tl.constexpr((1 << CHUNK_BITS) - 1)  # a kernel can read a global only as a constexpr
+CHUNK_BITS = 16  # random bits per mask element (two per 32-bit Philox output): p is resolved to 2**-16
+_CHUNK_BITS = tl.constexpr(CHUNK_BITS)  # a kernel can read a global only as a constexpr
+_CHUNK_MASK = tl.constexpr((1 << CHUNK_BITS) - 1)
 
 
 def drop_threshold(p: float) -> int:
-    """Element dropped where its 15-bit chunk < this; at least one value of 2**15 is kept."""
+    """Element dropped where its 16-bit chunk < this; at least one value of 2**16 is kept."""
     return min(round(p * 2**CHUNK_BITS), 2**CHUNK_BITS - 1)
 
 
 def effective_p(p: float) -> float:
-    """The dropout probability the kernels' masks have: p rounded to a multiple of 2**-15 (0.05 -> 0.049988); kept
+    """The dropout probability the kernels' masks have: p rounded to a multiple of 2**-16 (0.05 -> 0.050003); kept
     values are scaled by 1 / (1 - that p), so the expectation stays exact."""
     return drop_threshold(p) / 2**CHUNK_BITS
 
@@ -60,10 +63,16 @@ def fused_supported(x: torch.Tensor) -> bool:
 
 
 def counters_fit(x: torch.Tensor, slots: int) -> bool:
-    """Whether every mask element of `slots` masks over x (T, n) has its own 31-bit Philox counter (one per group
-    of 4 features)."""
+    """Whether every mask element of `slots` masks over x (T, n) has its own 31-bit Philox counter (one per pair of
+    slots, row and group of 4 features)."""
     tokens, n = x.shape
-    return slots * tokens * ((n + 3) // 4) < 2**31
+    return pairs(slots) * tokens * ((n + 3) // 4) < 2**31
+
+
+def pairs(slots: int) -> int:
+    """Slot pairs: the masks of slots 2j and 2j + 1 come from one Philox call (with an odd count of slots the last
+    pair's second mask is drawn and not used)."""
+    return (slots + 1) // 2
 
 
 def rank_tile(r: int) -> int:
@@ -71,14 +80,15 @@ def rank_tile(r: int) -> int:
 
 
 @triton.jit
-def _keep(seed, slot, rows, start, tokens, n, threshold, BN: tl.constexpr):
-    """(BT, BN) bool keep mask of slot `slot` at rows (BT, 1) and columns start.. start + BN (start a multiple of
-    4: the mask is drawn by groups of 4 elements, one Philox call each)."""
+def _keep_pair(seed, pair, rows, start, tokens, n, threshold, BN: tl.constexpr):
+    """(BT, BN) bool keep masks of slots 2 * pair and 2 * pair + 1 at rows (BT, 1) and columns start.. start + BN
+    (start a multiple of 4): one Philox call per group of 4 elements, its low 16 bits for the first slot and its
+    high 16 bits for the second."""
     group_cols = start // 4 + tl.arange(0, BN // 4)[None, :]  # (1, BN / 4)
-    counter = ((slot * tokens + rows) * ((n + 3) // 4) + group_cols).to(tl.int32)
+    counter = ((pair * tokens + rows) * ((n + 3) // 4) + group_cols).to(tl.int32)
     r0, r1, r2, r3 = tl.randint4x(seed, counter)
     bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # element 4 g + c is output c of group g
-    return (bits & _CHUNK_MASK) >= threshold
+    return (bits & _CHUNK_MASK) >= threshold, ((bits >> _CHUNK_BITS) & _CHUNK_MASK) >= threshold
 
 
 @triton.jit
@@ -89,60 +99,70 @@ def _row_block(ptr, rows, width, tokens, BW: tl.constexpr):
 
 
 @triton.jit
-def _dropped_product(x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold,
-                     BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """The tile of x at rows (BT, 1) and columns start.. start + BN, and the slot's dropped tile times A^T's:
-    ((BT, BN), (BT, BR) fp32)."""
+def _dropped_products(x_ptr, a_ptr, seed, pair, rows, start, tokens, n, r, threshold,
+                      BN: tl.constexpr, BR: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """The tile of x at rows (BT, 1) and columns start.. start + BN, and the pair's two dropped tiles times A^T's:
+    ((BT, BN), (BT, BR) fp32, (BT, BR) fp32)."""
     cols = start + tl.arange(0, BN)[None, :]  # (1, BN)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
     x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)
-    keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
+    keep_first, keep_second = _keep_pair(seed, pair, rows, start, tokens, n, threshold, BN)
     a_t = tl.load(a_ptr + ranks * n + tl.trans(cols), mask=(ranks < r) & (tl.trans(cols) < n), other=0.0)
-    return x, tl.dot(tl.where(keep, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
+    first = tl.dot(tl.where(keep_first, x, 0.0), a_t, input_precision=PRECISION)  # (BT, BN) x (BN, BR)
+    second = tl.dot(tl.where(keep_second, x, 0.0), a_t, input_precision=PRECISION)
+    return x, first, second
 
 
 @triton.jit
 def _down_kernel(x_ptr, a_ptr, w_ptr, out_ptr, logit_ptr, seed_ptr, tokens, n, r, e, threshold, scale, cols_per_split,
-                 BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
+                 S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
                  PRECISION: tl.constexpr):  # fmt: skip
-    """One (BT, r) block of act[slot] over one range of the input features: program (token block, slot, split)
-    -> out[split, slot]; the slot-0 programs also compute the router's logits from the x they load -> logits[split]
-    (the splits' partial products are summed afterwards when there are several). The branch on the slot is
-    taken once, outside the loops, so that each loop body is straight-line code the compiler can pipeline."""
-    slot = tl.program_id(1)
+    """One (BT, r) block of act[slot] for both slots of a pair over one range of the input features, from one load
+    of x: program (token block, pair, split) -> out[split, 2 pair] and out[split, 2 pair + 1]; the pair-0 programs
+    also compute the router's logits from the x they load -> logits[split] (the splits' partial products are
+    summed afterwards when there are several). The branch on the pair is taken once, outside the loops, so that
+    each loop body is straight-line code the compiler can pipeline."""
+    pair = tl.program_id(1)
     split = tl.program_id(2)
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     ranks = tl.arange(0, BR)[None, :]  # (1, BR)
     experts = tl.arange(0, BE)[None, :]  # (1, BE)
     first, last = split * cols_per_split, (split + 1) * cols_per_split
-    acc = tl.zeros((BT, BR), dtype=tl.float32)
-    if slot == 0:
+    acc_first = tl.zeros((BT, BR), dtype=tl.float32)
+    acc_second = tl.zeros((BT, BR), dtype=tl.float32)
+    if pair == 0:
         logits = tl.zeros((BT, BE), dtype=tl.float32)
         for start in range(first, last, BN):
-            x, part = _dropped_product(
-                x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
+            x, part_first, part_second = _dropped_products(
+                x_ptr, a_ptr, seed, pair, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
             )
-            acc += part
+            acc_first += part_first
+            acc_second += part_second
             cols = start + tl.arange(0, BN)[:, None]  # (BN, 1)
             w_t = tl.load(w_ptr + experts * n + cols, mask=(experts < e) & (cols < n), other=0.0)  # (BN, BE)
             logits += tl.dot(x, w_t, input_precision=PRECISION)  # x as it came: the router sees no dropout
         tl.store(logit_ptr + split * tokens * e + rows * e + experts, logits, mask=(rows < tokens) & (experts < e))
     else:
         for start in range(first, last, BN):
-            _, part = _dropped_product(
-                x_ptr, a_ptr, seed, slot, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
+            _, part_first, part_second = _dropped_products(
+                x_ptr, a_ptr, seed, pair, rows, start, tokens, n, r, threshold, BN, BR, PRECISION
             )
-            acc += part
-    out = out_ptr + (split * tl.num_programs(1) + slot) * tokens * r + rows * r + ranks
-    tl.store(out, (acc * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
+            acc_first += part_first
+            acc_second += part_second
+    out = out_ptr + (split * S + 2 * pair) * tokens * r + rows * r + ranks
+    tl.store(out, (acc_first * scale).to(out_ptr.dtype.element_ty), mask=(rows < tokens) & (ranks < r))
+    second_rows = tl.where(2 * pair + 1 < S, tokens, 0)  # an odd count of slots: the last pair has one
+    second = (acc_second * scale).to(out_ptr.dtype.element_ty)
+    tl.store(out + tokens * r, second, mask=(rows < second_rows) & (ranks < r))
 
 
 @triton.jit
 def _grad_x_kernel(g_ptr, gl_ptr, a_ptr, w_ptr, gx_ptr, seed_ptr, tokens, n, r, e, threshold, scale,
                    S: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, BE: tl.constexpr,
                    PRECISION: tl.constexpr):  # fmt: skip
-    """One (BT, BN) block of grad_x: program (token block, column block), the slots and the router summed inside."""
+    """One (BT, BN) block of grad_x: program (token block, column block), the slots (a pair's masks from one
+    draw) and the router summed inside."""
     seed = tl.load(seed_ptr)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]  # (BT, 1)
     start = tl.program_id(1) * BN
@@ -151,11 +171,13 @@ def _grad_x_kernel(g_ptr, gl_ptr, a_ptr, w_ptr, gx_ptr, seed_ptr, tokens, n, r, 
     experts = tl.arange(0, BE)
     a = tl.load(a_ptr + ranks[:, None] * n + cols, mask=(ranks[:, None] < r) & (cols < n), other=0.0)  # (BR, BN)
     acc = tl.zeros((BT, BN), dtype=tl.float32)
-    for slot in tl.static_range(S):
-        g = _row_block(g_ptr + slot * tokens * r, rows, r, tokens, BR)  # (BT, BR)
-        product = tl.dot(g, a, input_precision=PRECISION)  # (BT, BN)
-        keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
-        acc += tl.where(keep, product, 0.0)
+    for pair in tl.static_range((S + 1) // 2):
+        keep_first, keep_second = _keep_pair(seed, pair, rows, start, tokens, n, threshold, BN)
+        g = _row_block(g_ptr + 2 * pair * tokens * r, rows, r, tokens, BR)  # (BT, BR)
+        acc += tl.where(keep_first, tl.dot(g, a, input_precision=PRECISION), 0.0)  # (BT, BN)
+        if 2 * pair + 1 < S:
+            g = _row_block(g_ptr + (2 * pair + 1) * tokens * r, rows, r, tokens, BR)
+            acc += tl.where(keep_second, tl.dot(g, a, input_precision=PRECISION), 0.0)
     w = tl.load(w_ptr + experts[:, None] * n + cols, mask=(experts[:, None] < e) & (cols < n), other=0.0)  # (BE, BN)
     gl = _row_block(gl_ptr, rows, e, tokens, BE)  # (BT, BE)
     routed = tl.dot(gl.to(w.dtype), w, input_precision=PRECISION)  # (BT, BE) x (BE, BN): the router's part
@@ -180,10 +202,13 @@ def _grad_a_kernel(g_ptr, gl_ptr, x_ptr, part_ptr, w_part_ptr, seed_ptr, tokens,
     for first in range(split * rows_per_split, (split + 1) * rows_per_split, BT):
         rows = first + tl.arange(0, BT)[:, None]  # (BT, 1)
         x = tl.load(x_ptr + rows * n + cols, mask=(rows < tokens) & (cols < n), other=0.0)  # (BT, BN)
-        for slot in tl.static_range(S):
-            keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
-            g = _row_block(g_ptr + slot * tokens * r, rows, r, tokens, BR)  # (BT, BR)
-            acc += tl.dot(tl.trans(g), tl.where(keep, x, 0.0), input_precision=PRECISION)  # (BR, BN)
+        for pair in tl.static_range((S + 1) // 2):
+            keep_first, keep_second = _keep_pair(seed, pair, rows, start, tokens, n, threshold, BN)
+            g = _row_block(g_ptr + 2 * pair * tokens * r, rows, r, tokens, BR)  # (BT, BR)
+            acc += tl.dot(tl.trans(g), tl.where(keep_first, x, 0.0), input_precision=PRECISION)  # (BR, BN)
+            if 2 * pair + 1 < S:
+                g = _row_block(g_ptr + (2 * pair + 1) * tokens * r, rows, r, tokens, BR)
+                acc += tl.dot(tl.trans(g), tl.where(keep_second, x, 0.0), input_precision=PRECISION)
         gl = _row_block(gl_ptr, rows, e, tokens, BE)  # (BT, BE)
         w_acc += tl.dot(tl.trans(gl.to(x.dtype)), x, input_precision=PRECISION)  # (BE, BN)
     part = part_ptr + split * r * n + ranks[:, None] * n + cols
@@ -212,9 +237,9 @@ def routed_dropout_down(
     else:
         out = torch.empty((splits, slots, tokens, r), device=x.device, dtype=torch.float32)
     logits = torch.empty((splits, tokens, e), device=x.device, dtype=torch.float32)
-    _down_kernel[(triton.cdiv(tokens, TILE_T), slots, splits)](
+    _down_kernel[(triton.cdiv(tokens, TILE_T), pairs(slots), splits)](
         x, A, W, out, logits, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
-        BT=TILE_T, BN=TILE_N, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
+        S=slots, BT=TILE_T, BN=TILE_N, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
     )  # fmt: skip
     if splits == 1:
         return out[0], logits[0]
@@ -223,9 +248,9 @@ def routed_dropout_down(
 
 def feature_splits(tokens: int, n: int, slots: int, multiprocessors: int) -> int:
     """How many ranges of the input features the forward splits into: enough programs for two per multiprocessor
-    (a micro-batch of 4x512 tokens gives only 32 token blocks x 2 slots = 64 programs on an H200's 132), at most
-    one per column tile."""
-    programs = triton.cdiv(tokens, TILE_T) * slots
+    (a micro-batch of 4x512 tokens gives only 32 token blocks x 1 slot pair = 32 programs on an H200's 132), at
+    most one per column tile."""
+    programs = triton.cdiv(tokens, TILE_T) * pairs(slots)
     return max(1, min(triton.cdiv(2 * multiprocessors, programs), triton.cdiv(n, TILE_N)))
 
 
@@ -303,7 +328,8 @@ def _mask_kernel(keep_ptr, seed_ptr, tokens, n, threshold, BT: tl.constexpr, BN:
     rows = tl.program_id(0) * BT + tl.arange(0, BT)[:, None]
     start = tl.program_id(1) * BN
     cols = start + tl.arange(0, BN)[None, :]
-    keep = _keep(seed, slot, rows, start, tokens, n, threshold, BN)
+    keep_first, keep_second = _keep_pair(seed, slot // 2, rows, start, tokens, n, threshold, BN)
+    keep = tl.where(slot % 2 == 0, keep_first, keep_second)
     tl.store(keep_ptr + slot * tokens * n + rows * n + cols, keep.to(tl.int8), mask=(rows < tokens) & (cols < n))
 
 
