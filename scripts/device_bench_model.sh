@@ -10,6 +10,8 @@
 #   PART=fused     the fused Triton dropout kernels (goat's and molora's default on CUDA): first their GPU tests
 #                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora,
 #                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
+#   PART=routed-a  lora, goat, molora at 4x512 and 16x512 with CUDA graphs, after the kernels' GPU tests
+#   PART=routed-b  lora, hydralora, adamole: the same (no Triton kernels: their routed layers use torch ops)
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
 #                  micro-batch 4 x 512 tokens, 40 steps + a short generation evaluation, once per compile mode in
 #                  MODES (default: reduce-overhead, then default)
@@ -22,11 +24,20 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | recipe}
+PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | routed-a | routed-b | recipe}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 bench() { python3 benchmarks/model_speed.py --out "$OUT/$PART" --budget "${BUDGET:-540}" "$@"; }
+# the fused Triton kernels' GPU tests (pytest from $WHEELS if the image lacks it): the timing runs only after they pass
+kernel_tests() {
+  python3 -c "import pytest" 2>/dev/null || python3 -m pip install --no-deps --no-index -q "${WHEELS:-scratch/wheels_ds}"/*.whl
+  python3 -m pytest tests/test_slot_dropout_triton.py -p no:cacheprovider -q -x -W ignore > /tmp/kernel-tests.log 2>&1
+  local status=$?
+  grep -E "passed|failed|error" /tmp/kernel-tests.log | tail -5
+  [ $status -eq 0 ] || tail -40 /tmp/kernel-tests.log
+  return $status
+}
 case "$PART" in
   train-a) bench --methods lora,goat,molora --decode-batches '' ;;
   train-b) bench --methods lora,hydralora,adamole,dora,pissa --decode-batches '' ;;
@@ -35,12 +46,15 @@ case "$PART" in
   graphs)  bench --methods lora,goat,molora --modes default,reduce-overhead --shapes 4x512 --decode-batches '' \
              --svd-cache /tmp/svd --profile ;;
   fused)
-    python3 -c "import pytest" 2>/dev/null || python3 -m pip install --no-deps --no-index -q "${WHEELS:-scratch/wheels_ds}"/*.whl
-    python3 -m pytest tests/test_slot_dropout_triton.py -p no:cacheprovider -q -x -W ignore > /tmp/fused-tests.log 2>&1
-    status=$?; grep -E "passed|failed|error" /tmp/fused-tests.log | tail -5; [ $status -eq 0 ] || { tail -40 /tmp/fused-tests.log; exit 1; }
+    kernel_tests || exit 1
     # goat (the fused kernels, dropout_kernel=auto on CUDA) first: --budget skips what would not fit
     bench --methods lora,goat,goat-torch,molora,molora-torch --modes reduce-overhead --decode-batches '' \
       --svd-cache /tmp/svd ;;
+  routed-a)
+    kernel_tests || exit 1
+    bench --methods lora,goat,molora --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
+  routed-b)
+    bench --methods lora,hydralora,adamole --modes reduce-overhead --decode-batches '' ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
