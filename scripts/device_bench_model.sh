@@ -12,6 +12,8 @@
 #                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=routed-a  lora, goat, molora at 4x512 and 16x512 with CUDA graphs, after the kernels' GPU tests
 #   PART=routed-b  lora, hydralora, adamole: the same (no Triton kernels: their routed layers use torch ops)
+#   PART=tiles     the fused kernels' launch settings (benchmarks/slot_dropout_tiles.py): each kernel at the 7B
+#                  shapes under every candidate tile, beside a compiled LoRA down-projection; $OUT/tiles/
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
 #                  micro-batch 4 x 512 tokens, 40 steps + a short generation evaluation, once per compile mode in
 #                  MODES (default: reduce-overhead, then default)
@@ -24,7 +26,7 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | routed-a | routed-b | recipe}
+PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | routed-a | routed-b | tiles | recipe}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -55,6 +57,8 @@ case "$PART" in
     bench --methods lora,goat,molora --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
   routed-b)
     bench --methods lora,hydralora,adamole --modes reduce-overhead --decode-batches '' ;;
+  tiles)
+    timeout "${BUDGET:-540}" python3 benchmarks/slot_dropout_tiles.py --out "$OUT/tiles" 2>&1 | tail -40 ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2

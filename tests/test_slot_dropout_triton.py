@@ -11,7 +11,9 @@ triton = pytest.importorskip("triton", reason="triton is not installed (make tes
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
+from goat.adapters import slot_dropout_triton as kernels  # noqa: E402
 from goat.adapters.slot_dropout_triton import (  # noqa: E402
+    Tiles,
     draw_seed,
     drawn_masks,
     effective_p,
@@ -32,6 +34,19 @@ def reference(x, A, keep, p):
     [(70, 72, 12, 8, 2), (64, 128, 32, 8, 2), (9, 20, 4, 3, 3), (130, 64, 16, 20, 1), (33, 40, 8, 4, 4)],
 )
 def test_fused_forward_and_backward_equal_the_formula_with_the_drawn_masks(tokens, n, r, e, slots):
+    check_against_the_formula(tokens, n, r, e, slots)
+
+
+@pytest.mark.parametrize(
+    "tiles", [Tiles(rows=32, cols=128, token_splits=3), Tiles(rows=128, cols=32, warps=8, stages=2, token_splits=1)]
+)
+def test_other_tiles_give_the_same_masks_and_results(monkeypatch, tiles):
+    """Tiles change how the work is cut, not what is computed: the same formula with the same drawn masks."""
+    monkeypatch.setattr(kernels, "TILES", {"down": tiles, "grad_x": tiles, "grad_a": tiles})
+    check_against_the_formula(tokens=150, n=200, r=12, e=8, slots=3)
+
+
+def check_against_the_formula(tokens, n, r, e, slots):
     torch.manual_seed(0)
     p = 0.3
     x = torch.randn(tokens, n, device=DEVICE, requires_grad=True)
@@ -175,3 +190,24 @@ def test_logits_that_reach_no_loss_give_the_router_a_zero_gradient():
     act, _ = routed_dropout_down(x, A, W, torch.tensor([3], device=DEVICE), 2, 0.1)
     act.sum().backward()
     assert torch.count_nonzero(W.grad) == 0 and torch.count_nonzero(A.grad) > 0
+
+
+def test_the_tile_benchmark_times_every_candidate_and_writes_its_table(tmp_path):
+    """benchmarks/slot_dropout_tiles.py --tiny: one shape, two candidates per kernel, the LoRA reference row."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "slot_dropout_tiles.py"
+    spec = importlib.util.spec_from_file_location("slot_dropout_tiles", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--tiny", "--out", str(tmp_path)])
+    (row,) = results["rows"]
+    assert (row["tokens"], row["n"]) == module.TINY_SHAPES[0] and set(row["kernels"]) == {"down", "grad_x", "grad_a"}
+    for name, timed in row["kernels"].items():
+        assert [c["tiles"] for c in timed["timed"]] == [t.__dict__ for t in module.TINY_CANDIDATES[name]]
+        assert all(c["ms"] > 0 for c in timed["timed"]) and timed["current_ms"] > 0, name
+    assert row["lora_ms"] is None or row["lora_ms"] > 0
+    table = (tmp_path / "slot_dropout_tiles.md").read_text()
+    assert table.count("| 70x200 |") == 3 + 1  # a row per kernel and the total
+    assert "Candidates that failed to launch (resources): 0." in table

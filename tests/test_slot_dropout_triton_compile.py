@@ -19,25 +19,28 @@ from goat.adapters import slot_dropout_triton as k
 
 common = {"seed_ptr": "*i64", "tokens": "i32", "n": "i32", "r": "i32", "e": "i32", "threshold": "i32",
           "scale": "fp32"}
-kernels = {
+kernels = {  # kernel -> (its arguments' types, the tiles it launches with)
     k._down_kernel: {"x_ptr": "*D", "a_ptr": "*D", "w_ptr": "*D", "out_ptr": "*D", "logit_ptr": "*fp32", **common,
-                     "cols_per_split": "i32"},
+                     "cols_per_split": "i32", "S": "constexpr"},
     k._grad_x_kernel: {"g_ptr": "*D", "gl_ptr": "*fp32", "a_ptr": "*D", "w_ptr": "*D", "gx_ptr": "*D", **common,
                        "S": "constexpr"},
     k._grad_a_kernel: {"g_ptr": "*D", "gl_ptr": "*fp32", "x_ptr": "*D", "part_ptr": "*fp32", "w_part_ptr": "*fp32",
                        **common, "rows_per_split": "i32", "S": "constexpr"},
 }
+tiles = {k._down_kernel: k.TILES["down"], k._grad_x_kernel: k.TILES["grad_x"], k._grad_a_kernel: k.TILES["grad_a"]}
 for arch in (90, 80):
     for kernel, signature in kernels.items():
         for dtype in ("bf16", "fp16", "fp32"):
             sig = {name: kind.replace("D", dtype) for name, kind in signature.items()}
-            values = {"S": 3, "BT": k.TILE_T, "BN": k.TILE_N, "BR": k.rank_tile(32), "BE": k.rank_tile(8),
+            t = tiles[kernel]
+            values = {"S": 3, "BT": t.rows, "BN": t.cols, "BR": k.rank_tile(32), "BE": k.rank_tile(8),
                       "PRECISION": "ieee" if dtype == "fp32" else "tf32"}
             sig.update({name: "constexpr" for name in values})
             index = kernel.arg_names.index
             constexprs = {(index(name),): value for name, value in values.items() if name in kernel.arg_names}
             sig = {name: sig[name] for name in kernel.arg_names}
-            compiled = triton.compile(ASTSource(kernel, sig, constexprs), target=GPUTarget("cuda", arch, 32))
+            compiled = triton.compile(ASTSource(kernel, sig, constexprs), target=GPUTarget("cuda", arch, 32),
+                                      options={"num_warps": t.warps, "num_stages": t.stages})
             assert len(compiled.asm["cubin"]) > 1000
             print(arch, kernel.__name__, dtype, "ok")
 """

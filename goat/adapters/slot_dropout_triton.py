@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -50,8 +51,21 @@ def effective_p(p: float) -> float:
     return drop_threshold(p) / 2**CHUNK_BITS
 
 
-TILE_T, TILE_N = 64, 64  # rows of x and columns (input features) per program
-GRAD_A_SPLITS = 8  # programs that share grad_A's sum over tokens for one column block (partial sums, then .sum(0))
+@dataclass(frozen=True)
+class Tiles:
+    """How one kernel is launched: rows of x (tokens) and columns (input features) per program, warps per program,
+    software-pipeline stages, and (grad_A only) how many programs share the sum over tokens of one column block.
+    They change the speed only: the masks depend on (seed, slot, row, column), whatever the tiles."""
+
+    rows: int = 64
+    cols: int = 64  # a multiple of 4: the masks are drawn by groups of 4 columns
+    warps: int = 4
+    stages: int = 3
+    token_splits: int = 8
+
+
+# per kernel; benchmarks/slot_dropout_tiles.py times the alternatives on a GPU
+TILES = {"down": Tiles(), "grad_x": Tiles(), "grad_a": Tiles()}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -227,31 +241,37 @@ def routed_dropout_down(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (T, n), A (r, n), the router's W (E, n), seed (1,) int64 -> (act (S, T, r) in x's dtype: slot s =
     dropout_s(x) @ A^T; logits (T, E) fp32 = x @ W^T, from the same loads of x)."""
+    return down(x, A, W, seed, slots, p, TILES["down"])
+
+
+def down(x, A, W, seed, slots: int, p: float, tiles: Tiles) -> tuple[torch.Tensor, torch.Tensor]:
+    """routed_dropout_down's kernel launch with the given tiles."""
     tokens, n = x.shape
     r, e = A.shape[0], W.shape[0]
-    splits = feature_splits(tokens, n, slots, _multiprocessors(x.device))
-    cols_per_split = triton.cdiv(triton.cdiv(n, splits), TILE_N) * TILE_N
+    splits = feature_splits(tokens, n, slots, _multiprocessors(x.device), tiles)
+    cols_per_split = triton.cdiv(triton.cdiv(n, splits), tiles.cols) * tiles.cols
     splits = triton.cdiv(n, cols_per_split)
     if splits == 1:
         out = torch.empty((1, slots, tokens, r), device=x.device, dtype=x.dtype)
     else:
         out = torch.empty((splits, slots, tokens, r), device=x.device, dtype=torch.float32)
     logits = torch.empty((splits, tokens, e), device=x.device, dtype=torch.float32)
-    _down_kernel[(triton.cdiv(tokens, TILE_T), pairs(slots), splits)](
+    _down_kernel[(triton.cdiv(tokens, tiles.rows), pairs(slots), splits)](
         x, A, W, out, logits, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
-        S=slots, BT=TILE_T, BN=TILE_N, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
+        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
+        num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
     if splits == 1:
         return out[0], logits[0]
     return out.sum(0).to(x.dtype), logits.sum(0)
 
 
-def feature_splits(tokens: int, n: int, slots: int, multiprocessors: int) -> int:
+def feature_splits(tokens: int, n: int, slots: int, multiprocessors: int, tiles: Tiles = TILES["down"]) -> int:
     """How many ranges of the input features the forward splits into: enough programs for two per multiprocessor
     (a micro-batch of 4x512 tokens gives only 32 token blocks x 1 slot pair = 32 programs on an H200's 132), at
     most one per column tile."""
-    programs = triton.cdiv(tokens, TILE_T) * pairs(slots)
-    return max(1, min(triton.cdiv(2 * multiprocessors, programs), triton.cdiv(n, TILE_N)))
+    programs = triton.cdiv(tokens, tiles.rows) * pairs(slots)
+    return max(1, min(triton.cdiv(2 * multiprocessors, programs), triton.cdiv(n, tiles.cols)))
 
 
 @functools.cache
@@ -267,25 +287,40 @@ def routed_dropout_down_backward(
     seed: torch.Tensor, p: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(grad_x (T, n) in x's dtype, grad_A (r, n) in A's, grad_W (E, n) in W's) of routed_dropout_down."""
-    slots, tokens, r = grad_act.shape
-    n, e = x.shape[1], W.shape[0]
     grad_act = grad_act.to(x.dtype).contiguous()
     grad_logits = grad_logits.float().contiguous()
-    threshold, scale, tiles = drop_threshold(p), 1.0 / (1.0 - effective_p(p)), {"BR": rank_tile(r), "BE": rank_tile(e)}
-    grad_x = torch.empty_like(x)
-    _grad_x_kernel[(triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N))](
-        grad_act, grad_logits, A, W, grad_x, seed, tokens, n, r, e, threshold, scale,
-        S=slots, BT=TILE_T, BN=TILE_N, **tiles, PRECISION=_precision(x.dtype),
+    grad_x = down_grad_x(grad_act, grad_logits, A, W, seed, p, TILES["grad_x"])
+    grad_A, grad_W = down_grad_weights(grad_act, grad_logits, x, seed, p, A.shape[0], W.shape[0], TILES["grad_a"])
+    return grad_x, grad_A.to(A.dtype), grad_W.to(W.dtype)
+
+
+def down_grad_x(grad_act, grad_logits, A, W, seed, p: float, tiles: Tiles) -> torch.Tensor:
+    """grad_x (T, n) in grad_act's dtype: the slots' masked products and the router's part, one kernel."""
+    slots, tokens, r = grad_act.shape
+    n, e = A.shape[1], W.shape[0]
+    grad_x = grad_act.new_empty((tokens, n))
+    _grad_x_kernel[(triton.cdiv(tokens, tiles.rows), triton.cdiv(n, tiles.cols))](
+        grad_act, grad_logits, A, W, grad_x, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)),
+        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(grad_x.dtype),
+        num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
-    splits = min(GRAD_A_SPLITS, triton.cdiv(tokens, TILE_T))
-    rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), TILE_T) * TILE_T
+    return grad_x
+
+
+def down_grad_weights(grad_act, grad_logits, x, seed, p: float, r: int, e: int, tiles: Tiles):
+    """(grad_A (r, n), grad_W (E, n)) in fp32, from one pass over x: partial sums over token ranges, then summed."""
+    slots, tokens, n = grad_act.shape[0], x.shape[0], x.shape[1]
+    splits = min(tiles.token_splits, triton.cdiv(tokens, tiles.rows))
+    rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), tiles.rows) * tiles.rows
     parts = torch.empty((splits, r, n), device=x.device, dtype=torch.float32)
     w_parts = torch.empty((splits, e, n), device=x.device, dtype=torch.float32)
-    _grad_a_kernel[(triton.cdiv(n, TILE_N), splits)](
-        grad_act, grad_logits, x, parts, w_parts, seed, tokens, n, r, e, threshold, scale, rows_per_split,
-        S=slots, BT=TILE_T, BN=TILE_N, **tiles, PRECISION=_precision(x.dtype),
+    _grad_a_kernel[(triton.cdiv(n, tiles.cols), splits)](
+        grad_act, grad_logits, x, parts, w_parts, seed, tokens, n, r, e, drop_threshold(p),
+        1.0 / (1.0 - effective_p(p)), rows_per_split,
+        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
+        num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
-    return grad_x, parts.sum(0).to(A.dtype), w_parts.sum(0).to(W.dtype)
+    return parts.sum(0), w_parts.sum(0)
 
 
 @routed_dropout_down.register_fake
@@ -336,6 +371,6 @@ def _mask_kernel(keep_ptr, seed_ptr, tokens, n, threshold, BT: tl.constexpr, BN:
 def drawn_masks(seed: torch.Tensor, slots: int, tokens: int, n: int, p: float) -> torch.Tensor:
     """(S, T, n) bool: the masks the kernels use for this seed (what the tests compare against)."""
     keep = torch.empty((slots, tokens, n), device=seed.device, dtype=torch.int8)
-    grid = (triton.cdiv(tokens, TILE_T), triton.cdiv(n, TILE_N), slots)
-    _mask_kernel[grid](keep, seed, tokens, n, drop_threshold(p), BT=TILE_T, BN=TILE_N)
+    grid = (triton.cdiv(tokens, 64), triton.cdiv(n, 64), slots)
+    _mask_kernel[grid](keep, seed, tokens, n, drop_threshold(p), BT=64, BN=64)
     return keep.bool()
