@@ -1,4 +1,5 @@
-"""goat.stats against hand computations and scipy: the t interval over seeds and the paired test over questions."""
+"""goat.stats against hand computations and scipy: the t interval over seeds, Welch's test over seeds and the paired
+test over questions."""
 
 import itertools
 import math
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from goat.stats import paired_test, t_cdf_two_sided, t_interval, t_quantile
+from goat.stats import paired_test, regularized_beta, t_cdf_two_sided, t_interval, t_quantile, welch_test
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 7, 10, 29, 30])
@@ -78,3 +79,46 @@ def test_monte_carlo_p_and_bootstrap_interval_on_many_questions():
 def test_paired_test_refuses_unmatched_inputs():
     with pytest.raises(ValueError, match="one length"):
         paired_test([1, 0], [1], ["a", "a"])
+
+
+@pytest.mark.parametrize(
+    "x,a,b", [(0.3, 2.5, 0.5), (0.9, 1.2, 0.5), (0.01, 0.7, 3.0), (0.5, 40.0, 0.5), (0.999, 3.3, 2.2)]
+)
+def test_regularized_beta_equals_scipys(x, a, b):
+    from scipy.special import betainc
+
+    assert regularized_beta(x, a, b) == pytest.approx(betainc(a, b, x), abs=1e-13)
+    assert (regularized_beta(0.0, a, b), regularized_beta(1.0, a, b)) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("df", [1.5, 2.37, 3.9, 7.25, 60.5])
+def test_t_distribution_at_fractional_degrees_of_freedom_equals_scipys(df):
+    for t in (0.2, 1.3, 4.0, 25.0):
+        assert t_cdf_two_sided(t, df) == pytest.approx(1 - 2 * scipy_stats.t.sf(t, df), abs=1e-12)
+    assert t_quantile(0.95, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ([71.2, 70.1, 72.9], [69.0, 69.5, 70.3]),
+        ([80.1, 78.9, 82.4], [81.0, 81.3]),
+        ([1.0, 1.1, 0.9, 1.4], [3.0, -2.0, 7.5]),
+    ],
+)
+def test_welch_test_equals_scipys_p_and_interval(a, b):
+    got = welch_test(a, b)
+    want = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert got.p_value == pytest.approx(want.pvalue, abs=1e-10)
+    assert got.difference == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
+    low, high = want.confidence_interval(0.95)
+    assert (got.low, got.high) == pytest.approx((low, high), abs=1e-9)
+    assert got.df == pytest.approx(want.df, rel=1e-12) and got.seeds == (len(a), len(b))
+
+
+def test_welch_test_without_spread_or_with_one_seed():
+    same = welch_test([68.94] * 3, [68.94] * 3)
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    apart = welch_test([68.94] * 3, [71.8] * 3)
+    assert apart.p_value == 0.0 and apart.low == apart.high == pytest.approx(68.94 - 71.8)
+    assert welch_test([70.0], [71.0, 72.0]) is None
