@@ -269,3 +269,42 @@ def test_a_run_on_random_weights_is_refused_with_its_path(tmp_path, spec, capsys
     assert report_main(["--runs", str(runs), "--out", str(tmp_path / "out"), "--table", "table4"]) == 2
     message = capsys.readouterr().err
     assert message.startswith("goat-report:") and str(bad / "results.json") in message
+
+
+def test_a_swept_table_tests_its_rows_over_seeds_with_welch(tmp_path):
+    """significance with test: seeds: each row against the baseline and the named pairs, Welch's t-test over the
+    seeds at each row's chosen rate (a group of columns: each seed's mean over them), and the winner line."""
+    from scipy import stats as scipy_stats
+
+    spec = swept_spec()
+    table = spec["tables"]["t"]
+    table["columns"].append({"name": "MRPC", "task": "glue/mrpc"})
+    groups = {"CoLA": ["CoLA"], "Both": ["CoLA", "MRPC"]}
+    table["significance"] = {"baseline": "lora", "test": "seeds", "groups": groups, "pairs": [["goat", "lora"]]}
+    write_swept_runs(tmp_path)
+    for row, rates in SWEPT.items():  # MRPC: 5 points above CoLA at every rate and seed, the same held-out scores
+        for rate, seeds in rates.items():
+            for seed, (dev, held) in enumerate(seeds):
+                block = {"split": "heldout", "rows": 50, "drawn_from": "train", "seed": 2}
+                final = {"validation/accuracy": dev + 5, "heldout/accuracy": held}
+                write_run(tmp_path / "t", "glue/mrpc", f"{row}_lr{rate}", seed, final, heldout=block)
+    text = markdown(spec, tmp_path, "t")
+    goat, lora = [66.0, 68.0], [75.0, 77.0]  # each at its rate chosen on the held-out rows (lr1e-4, lr1e-2)
+    want = scipy_stats.ttest_ind(goat, lora, equal_var=False)
+    low, high = want.confidence_interval(0.95)
+    cell = f"{-9:+.2f} [{low:+.2f}, {high:+.2f}] | {want.pvalue:.3g}"
+    section = text[text.index("### Is it noise? Every row against lora, Welch's t-test over seeds") :]
+    assert row_of(section, "goat") == f"| goat | {cell} | {cell} |"  # the group mean moves both rows by 2.5
+    assert "| lora |" not in section.split("### Is it noise? Chosen pairs")[0]
+    pairs = text[text.index("### Is it noise? Chosen pairs, Welch's t-test over seeds") :]
+    assert f"| goat − lora | {cell} | {cell} |" in pairs and "With 1 pairs per group" in pairs
+    winner = next(line for line in text.splitlines() if line.startswith("- **Both**"))
+    assert winner == (
+        f"- **Both** (CoLA, MRPC; 2 and 2 seeds): **lora** wins with 78.50, ahead of goat (69.50) by +9.00 points "
+        f"[95% CI {-high:+.2f}, {-low:+.2f}], p = {want.pvalue:.3g}: "
+        + ("the Welch test tells it from noise (p < 0.05)." if want.pvalue < 0.05 else
+           "within noise: the Welch test cannot tell them apart (p >= 0.05).")
+    )  # fmt: skip
+    table["significance"]["test"] = "bootstrap"
+    with pytest.raises(ValueError, match="significance test 'bootstrap' is not one of questions, seeds"):
+        markdown(spec, tmp_path, "t")

@@ -191,7 +191,7 @@ def test_the_grid_runs_and_reports_untrained_chosen_on_intervals_and_the_paired_
     assert list(outcomes) == [float(r["choice"] == r["gold"]) for r in rows]
     assert 100 * outcomes.mean() == pytest.approx(final["arc_e/acc"])
     spec["tables"]["small_decoder"]["significance"]["baseline"] = ["lora", "qlora"]
-    with pytest.raises(ValueError, match=r"significance baseline \['qlora'\] is not a row"):
+    with pytest.raises(ValueError, match=r"significance names rows \['qlora'\] that are not rows of the table"):
         markdown(spec, tmp_path / "runs", "small_decoder")
 
 
