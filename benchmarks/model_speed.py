@@ -62,8 +62,13 @@ OPTIONS = {"lora": {}, "dora": {}, "pissa": {}, "goat": TOP_2, "molora": TOP_2,
            # the dropout kernels named: goat and molora take the fused Triton ones on CUDA by default (auto), the
            # -torch variants the torch ops (the default before), the -fused ones Triton explicitly
            "goat-fused": {**TOP_2, "dropout_kernel": "triton"}, "molora-fused": {**TOP_2, "dropout_kernel": "triton"},
-           "goat-torch": {**TOP_2, "dropout_kernel": "torch"}, "molora-torch": {**TOP_2, "dropout_kernel": "torch"}}
-VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused", "goat-torch", "molora-torch")
+           "goat-torch": {**TOP_2, "dropout_kernel": "torch"}, "molora-torch": {**TOP_2, "dropout_kernel": "torch"},
+           # one mask for all experts through the same kernels (not their default yet): AdaMoLE's threshold and
+           # router, HydraLoRA's router, from the kernels' loads of x
+           "adamole-fused": {"num_experts": 8, "dropout_kernel": "triton"},
+           "hydralora-fused": {"num_experts": 8, "dropout_kernel": "triton"}}
+VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused", "goat-torch", "molora-torch",
+            "adamole-fused", "hydralora-fused")
 METHODS = tuple(OPTIONS)
 EAGER_ONLY = ("goat-official",)
 OFFICIAL_BALANCE_COEF = 1e-3  # goat's AdapterConfig.balance_coef default, lambda of the official scripts

@@ -11,7 +11,8 @@
 #                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora,
 #                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=routed-a  lora, goat, molora at 4x512 and 16x512 with CUDA graphs, after the kernels' GPU tests
-#   PART=routed-b  lora, hydralora, adamole: the same (no Triton kernels: their routed layers use torch ops)
+#   PART=routed-b  lora, adamole, hydralora: the same, each also with the fused kernels (-fused: one mask for all
+#                  experts, the router and AdaMoLE's threshold from the kernels' loads of x; their default: torch)
 #   PART=tiles     the fused kernels' launch settings (benchmarks/slot_dropout_tiles.py): each kernel at the 7B
 #                  shapes under every candidate tile, beside a compiled LoRA down-projection; $OUT/tiles/
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
@@ -56,7 +57,8 @@ case "$PART" in
     kernel_tests || exit 1
     bench --methods lora,goat,molora --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
   routed-b)
-    bench --methods lora,hydralora,adamole --modes reduce-overhead --decode-batches '' ;;
+    kernel_tests || exit 1
+    bench --methods lora,adamole,adamole-fused,hydralora,hydralora-fused --modes reduce-overhead --decode-batches '' ;;
   tiles)
     timeout "${BUDGET:-540}" python3 benchmarks/slot_dropout_tiles.py --out "$OUT/tiles" 2>&1 | tail -40 ;;
   recipe)

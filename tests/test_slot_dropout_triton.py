@@ -211,3 +211,51 @@ def test_the_tile_benchmark_times_every_candidate_and_writes_its_table(tmp_path)
     table = (tmp_path / "slot_dropout_tiles.md").read_text()
     assert table.count("| 70x200 |") == 3 + 1  # a row per kernel and the total
     assert "Candidates that failed to launch (resources): 0." in table
+
+
+@pytest.mark.parametrize("method", ["adamole", "hydralora"])
+def test_one_mask_methods_with_the_fused_kernel_equal_their_torch_path_with_its_mask(monkeypatch, method):
+    """AdaMoLE (threshold gate: its w^T x comes out of the kernels with the router's logits, one extra row) and
+    HydraLoRA (one shared A) draw one mask for all experts: with dropout_kernel=triton their output and every
+    gradient (A, B, router, AdaMoLE's threshold, x) equal the torch path given the mask the kernel draws."""
+    from conftest import holder
+
+    from goat.adapters import apply_adapter, method_config, moe
+
+    p, n, m = 0.3, 20, 18
+    model = holder(n, m, dtype=torch.float32).to(DEVICE)
+    apply_adapter(model, method_config(method, r=8, num_experts=4, top_k=4, lora_dropout=p, svd_cache_dir=None))
+    layer = model.proj
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer.train()
+    x = torch.randn(2, 7, n, device=DEVICE, requires_grad=True)
+    upstream = torch.randn(2, 7, m, device=DEVICE)
+    params = [t for t in layer.parameters() if t.requires_grad] + [x]
+
+    def run(kernel):
+        layer.dropout_kernel = kernel
+        for t in params:
+            t.grad = None
+        torch.manual_seed(4)
+        out = layer(x)
+        (out * upstream).sum().backward()
+        return [out.detach()] + [t.grad.clone() for t in params]
+
+    if method == "adamole":  # the fused path reads the threshold's w^T x from the kernels, never runs its Linear
+        with monkeypatch.context() as patch:
+            patch.setattr(layer.routing.gate.lora_threshold, "forward", lambda x: pytest.fail("threshold ran apart"))
+            got = run("triton")
+    else:
+        got = run("triton")
+    torch.manual_seed(4)
+    keep = drawn_masks(draw_seed(x.device), 1, 14, n, p)
+    scale = 1 / (1 - effective_p(p))
+    monkeypatch.setattr(moe, "slot_dropout_down", lambda x2d, A, slots, q: ((x2d * keep[0] * scale) @ A.t())[None])
+    want = run("torch")
+    names = ["out"] + [name for name, t in layer.named_parameters() if t.requires_grad] + ["x"]
+    if method == "adamole":
+        assert "routing.gate.lora_threshold.weight" in names
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -52,8 +52,13 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 class Gate(nn.Module):
     """Turns router probabilities (T, E) into combine weights, a dispatch mask and balance probabilities."""
 
-    def forward(self, probs: torch.Tensor, x: torch.Tensor):  # pragma: no cover - interface
-        raise NotImplementedError
+    def forward(self, probs: torch.Tensor, x: torch.Tensor, extra_logits: torch.Tensor | None = None):
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def extra_rows(self) -> torch.Tensor | None:
+        """Rows (k, n) of a linear map of x the gate needs beside the router's: the fused kernels compute their
+        products with the router's (extra_logits, (T, k) fp32) from the same loads of x. None: it needs none."""
+        return None
 
 
 class TopKGate(Gate):
@@ -68,7 +73,7 @@ class TopKGate(Gate):
         super().__init__()
         self.top_k = top_k
 
-    def forward(self, probs, x):
+    def forward(self, probs, x, extra_logits=None):
         rank = descending_rank(probs)  # (T, E)
         selected = rank < self.top_k
         values = torch.where(selected, probs, 0.0)
@@ -93,13 +98,20 @@ class ThresholdGate(Gate):
         self.num_experts = num_experts
         self.lora_threshold = nn.Linear(in_features, 1, bias=True, dtype=dtype, device=device)
 
-    def forward(self, probs, x):
-        tau = torch.sigmoid(at_least_fp32(self.lora_threshold(x))) / self.num_experts  # (T, 1)
+    def forward(self, probs, x, extra_logits=None):
+        if extra_logits is None:
+            pre = self.lora_threshold(x)
+        else:  # the fused kernels' x @ w^T, in fp32
+            pre = extra_logits + self.lora_threshold.bias.float()
+        tau = torch.sigmoid(at_least_fp32(pre)) / self.num_experts  # (T, 1)
         above = (probs - tau).clamp_min(0.0)  # (T, E)
         total = above.sum(dim=-1, keepdim=True)
         gates = above / total.clamp_min(torch.finfo(above.dtype).tiny)  # all-zero rows stay zero
         dispatch = (above > 0).to(probs.dtype)
         return gates, dispatch, above, None
+
+    def extra_rows(self) -> torch.Tensor:
+        return self.lora_threshold.weight  # (1, n): tau's pre-activation less its bias
 
 
 def balance_loss(
@@ -139,21 +151,33 @@ class MoERouting(nn.Module):
 
     def forward(self, x2d: torch.Tensor, leading_shape: torch.Size, logits: torch.Tensor | None = None):
         """x2d (T, n) -> gates (T, E) fp32, dispatch (T, E), each expert's rank (T, E) for top-k gates or None.
-        `logits` (T, E): the router's x2d @ W^T when the fused kernels computed them already.
+        `logits` (T, E + k): the router's x2d @ W^T when the fused kernels computed them already, followed by the
+        gate's extra_rows products (k columns, none for a top-k gate).
 
         The balance loss and the expert load are recorded only where gradients are computed: under no_grad
         (evaluation, decoding) the layer keeps no tensor of its own, so a CUDA-graph replay of the decoding
         step never finds an earlier replay's output still referenced.
         """
-        logits = self.lora_router(x2d) if logits is None else logits
+        extra = None
+        if logits is None:
+            logits = self.lora_router(x2d)
+        elif logits.shape[-1] > self.num_experts:
+            logits, extra = logits[:, : self.num_experts], logits[:, self.num_experts :]
         probs = at_least_fp32(logits).softmax(dim=-1)  # (T, E), fp32 as in the reference
-        gates, dispatch, balance_probs, rank = self.gate(probs, x2d)
+        gates, dispatch, balance_probs, rank = self.gate(probs, x2d, extra)
         if not torch.is_grad_enabled():
             return gates, dispatch, rank
         weight = self.token_weight(leading_shape, probs)
         self.last_balance_loss, counts = balance_loss(balance_probs, dispatch, weight, self.balance_convention)
         self.last_expert_load = counts / counts.sum().clamp_min(1.0)  # (E,), sums to 1; counts carry no grad
         return gates, dispatch, rank
+
+    def fused_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """(E + k, n) contiguous in `dtype`: the router's rows and the gate's extra_rows, what the fused kernels
+        multiply x by."""
+        extra = self.gate.extra_rows()
+        rows = self.lora_router.weight if extra is None else torch.cat([self.lora_router.weight, extra])
+        return rows.to(dtype).contiguous()
 
     def token_weight(self, leading_shape, like) -> torch.Tensor | None:
         mask = self.context.token_mask if self.context is not None else None
@@ -228,8 +252,9 @@ class MoELoRALinear(nn.Module):
 
     def down_projection(self, x2d: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(act, logits): act (S, T, rank of A) holds each slot's own dropout of x2d (T, n) down-projected by A (one
-        slot in eval or without dropout); logits (T, E) are the router's when the fused Triton kernels
-        (dropout_kernel=triton) computed them from the same loads of x, else None (the router computes them).
+        slot in eval or without dropout); logits (T, E + k) are the router's and the gate's extra_rows' when the fused
+        Triton kernels (dropout_kernel=triton) computed them from the same loads of x, else None (the router and the
+        gate compute them).
         A batch too large for the kernels' 31-bit mask counters takes the torch ops (the same distribution) instead
         of failing the run."""
         if not (self.training and self.dropout > 0):
@@ -242,7 +267,7 @@ class MoELoRALinear(nn.Module):
                 "dropout_kernel=triton needs triton and CUDA tensors of bf16, fp16 or fp32 (or TRITON_INTERPRET=1); "
                 f"got {x2d.device.type} {x2d.dtype}: use method.dropout_kernel=torch"
             )
-        router = self.routing.lora_router.weight.to(x2d.dtype).contiguous()
+        router = self.routing.fused_weight(x2d.dtype)
         seed = fused.draw_seed(x2d.device)
         return fused.routed_dropout_down(x2d.contiguous(), A.contiguous(), router, seed, slots, self.dropout)
 
