@@ -15,6 +15,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 COMMITTED = {
     "small-decoder-h200": ("runs-small_decoder.tar.xz", ["small_decoder", "small_decoder_norm"]),
     "small-sweep-heldout-h200": ("runs.tgz", ["small_sweep", "small_sweep_rank"]),
+    "small-sweep-h100": ("runs-results.tgz", ["small_sweep", "small_sweep_rank", "small_sweep_ablation"]),
 }
 
 
