@@ -11,11 +11,13 @@ import pytest
 from goat.report import report
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-# folder -> (the tarball of its runs' results.json and config.yaml, the tables rendered from them)
+# folder -> (the tarball of its runs' results.json and config.yaml, the runs root inside it, the tables rendered)
 COMMITTED = {
-    "small-decoder-h200": ("runs-small_decoder.tar.xz", ["small_decoder", "small_decoder_norm"]),
-    "small-sweep-heldout-h200": ("runs.tgz", ["small_sweep", "small_sweep_rank"]),
-    "small-sweep-h100": ("runs-results.tgz", ["small_sweep", "small_sweep_rank", "small_sweep_ablation"]),
+    "small-decoder-h200": ("runs-small_decoder.tar.xz", ".", ["small_decoder", "small_decoder_norm"]),
+    "small-sweep-heldout-h200": ("runs.tgz", ".", ["small_sweep", "small_sweep_rank"]),
+    "small-sweep-h100": ("runs-results.tgz", ".", ["small_sweep", "small_sweep_rank", "small_sweep_ablation"]),
+    "small-h100": ("runs-results.tgz", "runs-gpu", ["small", "small_ablation"]),
+    "small-cpu": ("runs.tar.gz", ".", ["small"]),
 }
 
 
@@ -23,11 +25,11 @@ COMMITTED = {
 def rendered(tmp_path_factory):
     """folder -> the directory goat-report wrote its tables to."""
     out = {}
-    for folder, (tarball, tables) in COMMITTED.items():
+    for folder, (tarball, inside, tables) in COMMITTED.items():
         root = tmp_path_factory.mktemp(folder)
         with tarfile.open(RESULTS / folder / tarball) as archive:
             archive.extractall(root / "runs", filter="data")
-        report(root / "runs", root / "out", tables)
+        report(root / "runs" / inside, root / "out", tables)
         out[folder] = root / "out"
     return out
 
@@ -36,7 +38,7 @@ def rendered(tmp_path_factory):
     "folder,name",
     [
         (folder, f"{table}.{kind}")
-        for folder, (_, tables) in COMMITTED.items()
+        for folder, (_, _, tables) in COMMITTED.items()
         for table in tables
         for kind in ("md", "csv")
     ],
