@@ -51,6 +51,11 @@ def effective_p(p: float) -> float:
     return drop_threshold(p) / 2**CHUNK_BITS
 
 
+def mask_arguments(p: float) -> tuple[int, float]:
+    """What every kernel takes for dropout p: the drop threshold of a 16-bit chunk and the scale of kept values."""
+    return drop_threshold(p), 1.0 / (1.0 - effective_p(p))
+
+
 @dataclass(frozen=True)
 class Tiles:
     """How one kernel is launched: rows of x (tokens) and columns (input features) per program, warps per program,
@@ -235,6 +240,12 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 stays fp32; for 16-bit inputs the flag is unused
 
 
+def _launch(tiles: Tiles, slots: int, r: int, e: int, dtype: torch.dtype) -> dict:
+    """The compile-time arguments every kernel takes, and its warps and stages."""
+    return {"S": slots, "BT": tiles.rows, "BN": tiles.cols, "BR": rank_tile(r), "BE": rank_tile(e),
+            "PRECISION": _precision(dtype), "num_warps": tiles.warps, "num_stages": tiles.stages}  # fmt: skip
+
+
 @custom_op("goat::routed_dropout_down", mutates_args=())
 def routed_dropout_down(
     x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, seed: torch.Tensor, slots: int, p: float
@@ -257,9 +268,8 @@ def down(x, A, W, seed, slots: int, p: float, tiles: Tiles) -> tuple[torch.Tenso
         out = torch.empty((splits, slots, tokens, r), device=x.device, dtype=torch.float32)
     logits = torch.empty((splits, tokens, e), device=x.device, dtype=torch.float32)
     _down_kernel[(triton.cdiv(tokens, tiles.rows), pairs(slots), splits)](
-        x, A, W, out, logits, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)), cols_per_split,
-        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
-        num_warps=tiles.warps, num_stages=tiles.stages,
+        x, A, W, out, logits, seed, tokens, n, r, e, *mask_arguments(p), cols_per_split,
+        **_launch(tiles, slots, r, e, x.dtype),
     )  # fmt: skip
     if splits == 1:
         return out[0], logits[0]
@@ -300,9 +310,8 @@ def down_grad_x(grad_act, grad_logits, A, W, seed, p: float, tiles: Tiles) -> to
     n, e = A.shape[1], W.shape[0]
     grad_x = grad_act.new_empty((tokens, n))
     _grad_x_kernel[(triton.cdiv(tokens, tiles.rows), triton.cdiv(n, tiles.cols))](
-        grad_act, grad_logits, A, W, grad_x, seed, tokens, n, r, e, drop_threshold(p), 1.0 / (1.0 - effective_p(p)),
-        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(grad_x.dtype),
-        num_warps=tiles.warps, num_stages=tiles.stages,
+        grad_act, grad_logits, A, W, grad_x, seed, tokens, n, r, e, *mask_arguments(p),
+        **_launch(tiles, slots, r, e, grad_x.dtype),
     )  # fmt: skip
     return grad_x
 
@@ -315,10 +324,8 @@ def down_grad_weights(grad_act, grad_logits, x, seed, p: float, r: int, e: int, 
     parts = torch.empty((splits, r, n), device=x.device, dtype=torch.float32)
     w_parts = torch.empty((splits, e, n), device=x.device, dtype=torch.float32)
     _grad_a_kernel[(triton.cdiv(n, tiles.cols), splits)](
-        grad_act, grad_logits, x, parts, w_parts, seed, tokens, n, r, e, drop_threshold(p),
-        1.0 / (1.0 - effective_p(p)), rows_per_split,
-        S=slots, BT=tiles.rows, BN=tiles.cols, BR=rank_tile(r), BE=rank_tile(e), PRECISION=_precision(x.dtype),
-        num_warps=tiles.warps, num_stages=tiles.stages,
+        grad_act, grad_logits, x, parts, w_parts, seed, tokens, n, r, e, *mask_arguments(p), rows_per_split,
+        **_launch(tiles, slots, r, e, x.dtype),
     )  # fmt: skip
     return parts.sum(0), w_parts.sum(0)
 
