@@ -59,16 +59,17 @@ OPTIONS = {"lora": {}, "dora": {}, "pissa": {}, "goat": TOP_2, "molora": TOP_2,
            # one mask per token instead of one per routed expert, and no dropout at all, beside LoRA's floor
            "goat-shared": {**TOP_2, "dropout_mode": "shared"}, "goat-nodrop": {**TOP_2, "lora_dropout": 0.0},
            "lora-nodrop": {"lora_dropout": 0.0},
-           # the dropout kernels named: goat and molora take the fused Triton ones on CUDA by default (auto), the
-           # -torch variants the torch ops (the default before), the -fused ones Triton explicitly
+           # the dropout kernels named: goat, molora and adamole take the fused Triton ones on CUDA by default
+           # (auto), the -torch variants the torch ops (the default before), the -fused ones Triton explicitly
            "goat-fused": {**TOP_2, "dropout_kernel": "triton"}, "molora-fused": {**TOP_2, "dropout_kernel": "triton"},
            "goat-torch": {**TOP_2, "dropout_kernel": "torch"}, "molora-torch": {**TOP_2, "dropout_kernel": "torch"},
-           # one mask for all experts through the same kernels (not their default yet): AdaMoLE's threshold and
-           # router, HydraLoRA's router, from the kernels' loads of x
+           # one mask for all experts through the same kernels: AdaMoLE's threshold and router (its default on
+           # CUDA since routed-b), HydraLoRA's router (not its default), from the kernels' loads of x
            "adamole-fused": {"num_experts": 8, "dropout_kernel": "triton"},
+           "adamole-torch": {"num_experts": 8, "dropout_kernel": "torch"},
            "hydralora-fused": {"num_experts": 8, "dropout_kernel": "triton"}}
 VARIANTS = ("goat-shared", "goat-nodrop", "lora-nodrop", "goat-fused", "molora-fused", "goat-torch", "molora-torch",
-            "adamole-fused", "hydralora-fused")
+            "adamole-fused", "adamole-torch", "hydralora-fused")
 METHODS = tuple(OPTIONS)
 EAGER_ONLY = ("goat-official",)
 OFFICIAL_BALANCE_COEF = 1e-3  # goat's AdapterConfig.balance_coef default, lambda of the official scripts
@@ -476,9 +477,9 @@ TABLE_NOTES = (
     "apply_adapter (pissa through goat's SVD unless --pissa-peft-svd). host syncs: in one step. peak GiB: the "
     "most memory allocated during any step at that shape, the first (compilation, CUDA graph capture) included: "
     "replayed CUDA graphs allocate nothing, so a peak over the timed steps alone leaves their activations out "
-    "(files whose notes lack this sentence did). Dropout kernel: goat and molora take "
+    "(files whose notes lack this sentence did). Dropout kernel: goat, molora and adamole take "
     "method.dropout_kernel=auto (the fused Triton kernels on CUDA, torch ops elsewhere), -torch and -fused name "
-    "one (files before 2026-12-02: goat and molora used torch ops).")
+    "one (files before 2026-12-02: goat and molora used torch ops; adamole did up to and including routed-b).")
 
 
 def save(run: Run) -> str:

@@ -11,8 +11,9 @@
 #                  (tests/test_slot_dropout_triton.py, pytest from $WHEELS if the image lacks it), then lora,
 #                  goat, goat-torch, molora, molora-torch at 4x512 and 16x512 with CUDA graphs (reduce-overhead)
 #   PART=routed-a  lora, goat, molora at 4x512 and 16x512 with CUDA graphs, after the kernels' GPU tests
-#   PART=routed-b  lora, adamole, hydralora: the same, each also with the fused kernels (-fused: one mask for all
-#                  experts, the router and AdaMoLE's threshold from the kernels' loads of x; their default: torch)
+#   PART=routed-b  lora, adamole, hydralora: the same, each also with the other dropout path (one mask for all
+#                  experts; -fused: the router and AdaMoLE's threshold from the kernels' loads of x, adamole's
+#                  default on CUDA since 2026-12-03; -torch: torch ops, hydralora's default)
 #   PART=tiles     the fused kernels' launch settings (benchmarks/slot_dropout_tiles.py): each kernel at the 7B
 #                  shapes under every candidate tile, beside a compiled LoRA down-projection; $OUT/tiles/
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
@@ -58,25 +59,30 @@ case "$PART" in
     bench --methods lora,goat,molora --modes reduce-overhead --decode-batches '' --svd-cache /tmp/svd ;;
   routed-b)
     kernel_tests || exit 1
-    bench --methods lora,adamole,adamole-fused,hydralora,hydralora-fused --modes reduce-overhead --decode-batches '' ;;
+    bench --methods lora,adamole,adamole-torch,hydralora,hydralora-fused --modes reduce-overhead --decode-batches '' ;;
   tiles)
     timeout "${BUDGET:-540}" python3 benchmarks/slot_dropout_tiles.py --out "$OUT/tiles" 2>&1 | tail -40 ;;
   recipe)
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
+    echo "[$(date +%T) +${SECONDS}s] wheels installed"
     python3 scripts/shape_model.py --out /tmp/llama2-7b-shape
     # one goat-train per compile mode (MODES, CUDA graphs first: the mode the benchmark finds fastest), each
     # given its share of BUDGET; the adapter and checkpoints stay in /tmp (hundreds of MB), the logs come back
     modes=(${MODES:-reduce-overhead default})
     for mode in "${modes[@]}"; do
       run=/tmp/recipe-$mode
+      # the log streams into $OUT as it is written: a call stopped by its time limit still brings back how far it got
+      mkdir -p "$OUT/recipe-$mode"
       timeout "$(( ${BUDGET:-540} / ${#modes[@]} ))" python3 -m goat.cli task=math/gsm8k \
         task.data_dir="${DATA:-scratch/data/math}" model.name_or_path=/tmp/llama2-7b-shape model.from_config=true \
         method=goat method.r=32 method.lora_alpha=64 trainer.max_steps=40 trainer.batch_size=4 \
         trainer.micro_batch_size=4 trainer.log_every_steps=5 trainer.compile="$mode" trainer.pad_to_multiple_of=64 \
         task.max_eval_samples=64 task.max_new_tokens=64 trainer.eval_batch_size=64 trainer.progress=false \
-        logger=none output_dir="$run" 2>&1 | tail -15
-      mkdir -p "$OUT/recipe-$mode" && cp "$run"/{results.json,metrics.jsonl,config.yaml} "$OUT/recipe-$mode/" 2>/dev/null
+        logger=none output_dir="$run" 2>&1 | while IFS= read -r line; do printf '[%s +%4ds] %s\n' "$(date +%T)" \
+        "$SECONDS" "$line"; done > "$OUT/recipe-$mode/goat-train.log"
+      tail -15 "$OUT/recipe-$mode/goat-train.log"
+      cp "$run"/{results.json,metrics.jsonl,config.yaml} "$OUT/recipe-$mode/" 2>/dev/null
       python3 - "$run" <<'PYTHON'
 # the trained steps' speed once compiled (the logs after the first, which holds the compilation), peak memory, and
 # what one MetaMathQA epoch (395,000 examples, the paper's Table 7: 36 h 59 min for GOAT on one A100) would take at

@@ -22,7 +22,7 @@ from goat.adapters.registry import dropout_kernel_for
         ("goat", {"lora_dropout": 0.0}, "cuda", "torch"),  # no dropout: nothing to fuse
         ("goat", {"dropout_mode": "shared"}, "cuda", "torch"),  # one mask per token: not measured
         ("hydralora", {}, "cuda", "torch"),  # shared A, dense routing: not measured
-        ("adamole", {}, "cuda", "torch"),
+        ("adamole", {}, "cuda", "triton"),  # one mask per token, the threshold from the kernels: measured
         ("lora", {}, "cuda", "torch"),  # PEFT's own dropout
         ("goat", {"dropout_kernel": "torch"}, "cuda", "torch"),  # an explicit choice stays
         ("goat", {"dropout_kernel": "triton"}, "cpu", "triton"),

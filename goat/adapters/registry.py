@@ -26,7 +26,9 @@ class Method:
     build: Callable  # (model, cfg, targets, initialize) -> model, or (model, cfg, targets, heads) for PEFT
     backend: str  # "goat": goat's own layers and checkpoint format; "peft": PEFT's
     moe: bool = False  # routes tokens: validate (r, E, top_k) and add the balance loss
-    fused_dropout: bool = False  # dropout_kernel=auto takes the fused Triton kernels for it on CUDA (measured faster)
+    # the dropout modes for which dropout_kernel=auto takes the fused Triton kernels on CUDA (measured faster there:
+    # docs/benchmarks.md); torch ops for the others
+    fused_dropout: tuple[str, ...] = ()
 
 
 def _peft(variant: str) -> Callable:
@@ -35,9 +37,9 @@ def _peft(variant: str) -> Callable:
 
 # Each method's preset settings (spec §7) live in goat/configs/method/<name>.yaml, read by `method_config`.
 METHODS: dict[str, Method] = {
-    "goat": Method(build_goat, "goat", moe=True, fused_dropout=True),
-    "molora": Method(build_molora, "goat", moe=True, fused_dropout=True),
-    "adamole": Method(build_adamole, "goat", moe=True),
+    "goat": Method(build_goat, "goat", moe=True, fused_dropout=("per_expert",)),
+    "molora": Method(build_molora, "goat", moe=True, fused_dropout=("per_expert",)),
+    "adamole": Method(build_adamole, "goat", moe=True, fused_dropout=("shared",)),
     "hydralora": Method(build_hydralora, "goat", moe=True),
     "full_ft_moe": Method(build_full_moe, "goat", moe=True),
     "full_ft": Method(build_full_ft, "goat"),
@@ -108,13 +110,13 @@ def apply_adapter(
 
 def dropout_kernel_for(cfg: AdapterConfig, device_type: str) -> str:
     """cfg.dropout_kernel with `auto` resolved: the fused Triton kernels for a method whose routed layers draw a
-    mask per selected expert (Method.fused_dropout, dropout_mode per_expert, lora_dropout > 0) on CUDA with
-    triton importable, where they were measured faster than torch ops (docs/benchmarks.md); torch ops elsewhere."""
+    dropout in a mode they were measured faster in (Method.fused_dropout: GOAT's and MoLoRA's mask per selected
+    expert, AdaMoLE's one mask per token; lora_dropout > 0) on CUDA with triton importable (docs/benchmarks.md);
+    torch ops elsewhere."""
     if cfg.dropout_kernel != AUTO:
         return cfg.dropout_kernel
     fused = (
-        METHODS[cfg.method].fused_dropout
-        and cfg.dropout_mode == "per_expert"
+        cfg.dropout_mode in METHODS[cfg.method].fused_dropout
         and cfg.lora_dropout > 0
         and device_type == "cuda"
         and fused_kernels_importable()
