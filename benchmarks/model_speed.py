@@ -359,10 +359,11 @@ def settled(times: list[float]) -> bool:
 
 
 def measure_decoding(run: Run, method: str, adapted: Adapted) -> None:
-    """One row per decoding batch size: the eager dynamic-cache path, then the fast path (not for eager-only ones)."""
+    """One row per decoding batch size: the eager dynamic-cache path, then the fast path (not for eager-only ones),
+    each if --decode-paths names it."""
     model = adapted.model.eval()
     gen = torch.Generator().manual_seed(2)
-    paths = ("eager",) if method in EAGER_ONLY else ("eager", "fast")
+    paths = [path for path in run.args.decode_paths.split(",") if path == "eager" or method not in EAGER_ONLY]
     for batch in (int(b) for b in filter(None, run.args.decode_batches.split(","))):
         ids = torch.randint(model.config.vocab_size, (batch, run.args.prompt), generator=gen).to(run.device)
         prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -510,6 +511,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed training steps (default 10)")
     parser.add_argument("--warmup", type=int, help="warm-up steps, the first one timed apart (default 3)")
     parser.add_argument("--decode-batches", help="decoding batch sizes (default 8,64; '' for none)")
+    parser.add_argument("--decode-paths", default="eager,fast", help="decoding paths timed (default eager,fast)")
     parser.add_argument("--new-tokens", type=int, help="generated tokens per decoding run (default 32)")
     parser.add_argument("--prompt", type=int, help="prompt tokens (default 64)")
     parser.add_argument("--layers", type=int, default=LLAMA_7B["num_hidden_layers"], help="decoder blocks kept")
@@ -529,6 +531,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    paths = set(filter(None, args.decode_paths.split(",")))
+    if not paths or paths - {"eager", "fast"}:
+        parser.error(f"--decode-paths takes eager and/or fast, comma-separated; got {args.decode_paths!r}")
     if args.new_tokens < 2 or args.warmup < 1:
         parser.error(f"--new-tokens must be >= 2 and --warmup >= 1, got {args.new_tokens} and {args.warmup}")
     return args

@@ -3,6 +3,7 @@
 #   PART=train-a   lora, goat, molora: training step at 4x512 and 16x512, eager and compiled (32 blocks)
 #   PART=train-b   lora, hydralora, adamole, dora, pissa: the same
 #   PART=decode    lora, goat, molora, hydralora, adamole: greedy decoding, batch 8 and 64, fast path and eager
+#   PART=decode-b  lora, molora, hydralora, adamole: the fast path alone at batch 8 (what decode did not reach)
 #   PART=dropout   what per-expert dropout costs, 8 blocks at 4x512: lora and goat with and without dropout, goat
 #                  with one mask per token (decides whether a fused Triton dropout kernel is worth writing)
 #   PART=graphs    lora, goat, molora at 4x512: default and reduce-overhead (CUDA graphs), one step of each profiled
@@ -28,7 +29,7 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | decode | dropout | graphs | fused | routed-a | routed-b | tiles | recipe}
+PART=${PART:?name the part: PART=train-a | train-b | decode | decode-b | dropout | graphs | fused | routed-a | routed-b | tiles | recipe}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -46,6 +47,7 @@ case "$PART" in
   train-a) bench --methods lora,goat,molora --decode-batches '' ;;
   train-b) bench --methods lora,hydralora,adamole,dora,pissa --decode-batches '' ;;
   decode)  bench --methods lora,goat,molora,hydralora,adamole --shapes '' ;;
+  decode-b) bench --methods lora,molora,hydralora,adamole --shapes '' --decode-batches 8 --decode-paths fast ;;
   dropout) bench --methods lora,lora-nodrop,goat,goat-shared,goat-nodrop --layers 8 --shapes 4x512 --decode-batches '' ;;
   graphs)  bench --methods lora,goat,molora --modes default,reduce-overhead --shapes 4x512 --decode-batches '' \
              --svd-cache /tmp/svd --profile ;;

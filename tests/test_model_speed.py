@@ -132,3 +132,25 @@ def test_unknown_method_is_refused_with_the_choices(tmp_path, capsys):
         script.parse_args(["--out", str(tmp_path), "--methods", "lora,gaot"])
     err = capsys.readouterr().err
     assert "unknown methods ['gaot']" in err and "hydralora" in err
+
+
+def test_decode_paths_out_of_their_domain_are_refused(tmp_path, capsys):
+    script = load_script()
+    for bad in ("", "fast,compiled"):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--out", str(tmp_path), "--decode-paths", bad])
+        assert "--decode-paths takes eager and/or fast" in capsys.readouterr().err
+
+
+def test_decode_paths_fast_times_only_the_fast_path(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--methods", "lora,goat", "--shapes", "",
+         "--decode-paths", "fast"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "model_speed.json").read_text())["decode"]
+    assert [row["method"] for row in rows] == ["lora", "goat"]
+    for row in rows:
+        assert row["eager"] == {} and finite_positive(row["fast"]["ms_per_token"]), row
