@@ -12,6 +12,8 @@ the whole block replays as one launch; needs static shapes, so the trainer pads 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 from collections import Counter
 
@@ -62,6 +64,29 @@ def compile_blocks(
         block.compile(dynamic=dynamic, fullgraph=fullgraph, backend=backend, **options)
     logger.info("compiled %d blocks (%s, mode %s)", len(blocks), type(blocks[0]).__name__, mode)
     return len(blocks)
+
+
+@contextlib.contextmanager
+def eager_blocks(model: nn.Module):
+    """Runs `model`'s compiled blocks eagerly inside the context (generation): transformers compiles the decoding
+    step of a static cache itself, and a block compiled for training would otherwise meet a KV cache whose
+    per-layer state is a guard, that is one graph per block and per decoding length. Restored on exit."""
+    blocks = [block for block in repeated_blocks(model) if getattr(block, "_compiled_call_impl", None) is not None]
+    saved = [block._compiled_call_impl for block in blocks]
+    for block in blocks:
+        block._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for block, compiled in zip(blocks, saved, strict=True):
+            block._compiled_call_impl = compiled
+
+
+def without_kv_cache(model: nn.Module) -> dict:
+    """{"use_cache": False} for a model whose forward takes use_cache (causal LMs), else {}. Training and scoring
+    need no KV cache: building one costs memory in every step and, under torch.compile, one graph per block (each
+    block's cache layer is its own guard) instead of one shared by all."""
+    return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
 
 def compile_counters() -> dict:

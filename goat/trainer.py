@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from goat import distributed
 from goat.adapters import auxiliary_loss, expert_load
 from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
-from goat.compile import compile_blocks, compile_counters
+from goat.compile import compile_blocks, compile_counters, without_kv_cache
 from goat.config import ConfigError, NonFiniteLossError
 from goat.schedule import make_scheduler
 
@@ -46,6 +46,7 @@ class Trainer:
         if distributed.is_fsdp(accelerator):
             distributed.configure_fsdp(accelerator, model)
         self.compiled_blocks = compile_blocks(model, self.t.compile, backend=self.t.compile_backend)
+        self.forward_options = without_kv_cache(model)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         if len(self.train_loader) == 0:  # a loop over no batch would wait for one forever
             raise ConfigError(
@@ -146,7 +147,7 @@ class Trainer:
             with context:
                 if self.t.compile == "reduce-overhead":  # a new step of the CUDA graphs: last step's outputs are free
                     torch.compiler.cudagraph_mark_step_begin()
-                output = self.model(**batch)
+                output = self.model(**batch, **self.forward_options)
                 balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
                 loss = output.loss if balance is None else output.loss + balance
                 if self.deepspeed:  # the engine steps at the last micro-batch, inside backward
@@ -210,6 +211,7 @@ class Trainer:
     def _after_step(self, bar, window, epoch_end: bool) -> None:
         step = self.state.step
         bar.update(1)
+        window.steps += 1
         if step % self.t.log_every_steps == 0 or step == self.total_steps:
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
             values.update(_load_summary(self.accelerator.unwrap_model(self.model)))
@@ -221,11 +223,13 @@ class Trainer:
                 lr=f"{values['train/lr']:.2e}",
                 tok_s=f"{values['train/tokens_per_s']:.0f}",
             )
+        paused = time.perf_counter()  # evaluation and checkpoints are not training time: the window's clock waits
         every = self.t.eval_every_steps
         if epoch_end or (every and step % every == 0) or step == self.total_steps:
             self._evaluate(step)
         if self.t.save_every_steps and step % self.t.save_every_steps == 0:
             self.save()
+        window.start += time.perf_counter() - paused
         for callback in self.callbacks:
             callback(self, step)
 
@@ -247,14 +251,14 @@ class Trainer:
 
 
 class _Window:
-    """Running sums between two log lines: loss, balance loss, tokens (text) or images, time. The sums stay on
-    the device until the log line, so a training step never waits for the GPU to read them."""
+    """Running sums between two log lines: loss, balance loss, tokens (text) or images, optimizer steps, time.
+    The sums stay on the device until the log line, so a training step never waits for the GPU to read them."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.sums, self.start = None, time.perf_counter()
+        self.sums, self.steps, self.start = None, 0, time.perf_counter()
 
     def add(self, loss, balance, batch) -> None:
         if "attention_mask" in batch:
@@ -277,6 +281,7 @@ class _Window:
             "train/balance_loss": balance / max(batches, 1),
             "train/lr": lr,
             "train/tokens_per_s": tokens / elapsed,
+            "train/step_s": elapsed / max(self.steps, 1),
         }
         self.reset()
         return values

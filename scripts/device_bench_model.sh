@@ -18,8 +18,8 @@
 #   PART=tiles     the fused kernels' launch settings (benchmarks/slot_dropout_tiles.py): each kernel at the 7B
 #                  shapes under every candidate tile, beside a compiled LoRA down-projection; $OUT/tiles/
 #   PART=recipe    goat-train's math recipe on the LLaMA-2-7B shape (scripts/shape_model.py, random weights),
-#                  micro-batch 4 x 512 tokens, 40 steps + a short generation evaluation, once per compile mode in
-#                  MODES (default: reduce-overhead, then default)
+#                  micro-batch 4 padded to 512 tokens (the benchmark's 4x512), 40 steps + a short generation
+#                  evaluation, once per compile mode in MODES (default: reduce-overhead, then default)
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
 # (recipe: $OUT/recipe-<mode>/{results.json,metrics.jsonl,config.yaml}).
 # The machine has torch, transformers, peft and accelerate; the recipe part also needs goat's other dependencies
@@ -79,27 +79,31 @@ case "$PART" in
       timeout "$(( ${BUDGET:-540} / ${#modes[@]} ))" python3 -m goat.cli task=math/gsm8k \
         task.data_dir="${DATA:-scratch/data/math}" model.name_or_path=/tmp/llama2-7b-shape model.from_config=true \
         method=goat method.r=32 method.lora_alpha=64 trainer.max_steps=40 trainer.batch_size=4 \
-        trainer.micro_batch_size=4 trainer.log_every_steps=5 trainer.compile="$mode" trainer.pad_to_multiple_of=64 \
+        trainer.micro_batch_size=4 trainer.log_every_steps=5 trainer.compile="$mode" trainer.pad_to_multiple_of=512 \
         task.max_eval_samples=64 task.max_new_tokens=64 trainer.eval_batch_size=64 trainer.progress=false \
         logger=none output_dir="$run" 2>&1 | while IFS= read -r line; do printf '[%s +%4ds] %s\n' "$(date +%T)" \
         "$SECONDS" "$line"; done > "$OUT/recipe-$mode/goat-train.log"
       tail -15 "$OUT/recipe-$mode/goat-train.log"
       cp "$run"/{results.json,metrics.jsonl,config.yaml} "$OUT/recipe-$mode/" 2>/dev/null
       python3 - "$run" <<'PYTHON'
-# the trained steps' speed once compiled (the logs after the first, which holds the compilation), peak memory, and
-# what one MetaMathQA epoch (395,000 examples, the paper's Table 7: 36 h 59 min for GOAT on one A100) would take at
-# that speed if every example filled 512 tokens (the byte tokenizer's do: an upper bound for real lengths)
+# the trained steps' time once compiled (the log windows after the first, which holds the compilation), beside the
+# model benchmark's 4x512 step (every batch here is padded to 4 x 512: the same shapes); peak memory; and what one
+# MetaMathQA epoch (395,000 examples, micro-batch 4: the paper's Table 7 says 36 h 59 min for GOAT on one A100)
+# would take at that step time (an upper bound: real examples are shorter than 512 tokens)
 import json, statistics, sys
 from pathlib import Path
 run = Path(sys.argv[1])
 rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-speeds = [row["train/tokens_per_s"] for row in rows if "train/tokens_per_s" in row][1:]
-results = json.loads((run / "results.json").read_text())
-if speeds:
-    tokens_per_s = statistics.median(speeds)
-    hours = 395_000 * 512 / tokens_per_s / 3600
-    print(f"{run.name}: {tokens_per_s:.0f} tokens/s (median of {len(speeds)} logs after the first), peak "
-          f"{results.get('peak_memory_gb')} GB, MetaMathQA epoch at 512 tokens an example: {hours:.1f} h")
+logged = [row for row in rows if "train/step_s" in row][1:]
+first = next((row for row in rows if "compile/first_step_s" in row), {})
+results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
+if logged:
+    step_s = statistics.median(row["train/step_s"] for row in logged)
+    real = statistics.median(row["train/tokens_per_s"] for row in logged)
+    print(f"{run.name}: {1000 * step_s:.1f} ms a step, {4 * 512 / step_s:.0f} padded tokens/s ({real:.0f} real), "
+          f"median of {len(logged)} logs after the first; first step {first.get('compile/first_step_s')} s, "
+          f"graphs {logged[-1].get('compile/graphs')}; peak {results.get('peak_memory_gb')} GB; MetaMathQA epoch "
+          f"at this step time: {395_000 / 4 * step_s / 3600:.1f} h")
 PYTHON
     done
     ;;

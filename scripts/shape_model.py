@@ -9,9 +9,10 @@ table) directly on the GPU, so the paper's recipe can be timed at the paper's sc
 
 The config is LLaMA-2-7B's (meta-llama/Llama-2-7b-hf's config.json: hidden 4096, 32 blocks of 32 heads, MLP
 11008, vocabulary 32000, RMSNorm 1e-5, rope theta 1e4, transformers' default). The tokenizer is byte-level (3
-special tokens, then the 256 bytes, no merges): it needs no download, and since a byte is a token, every training
-text of the math recipe fills its 512 tokens, which is what a speed run wants. Its 259 ids use the first rows of
-the 32000-row embedding.
+special tokens, then the 256 bytes, no merges): it needs no download, and since a byte is a token, texts are long
+(a GSM8K question and its worked answer run to a few hundred tokens; some prompts alone pass 512 and are dropped).
+A speed run pads every batch to one length (trainer.pad_to_multiple_of=512) to time the shapes the model benchmark
+times. Its 259 ids use the first rows of the 32000-row embedding.
 """
 
 from __future__ import annotations

@@ -332,3 +332,36 @@ def test_more_than_one_sample_requires_sampling(tmp_path):
 
     with pytest.raises(ConfigError, match="task.decoding=sample"):
         check_config(compose(["task=code/codefeedback", "task.num_samples=10", f"output_dir={tmp_path}"]))
+
+
+def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(data_and_model, tmp_path):
+    """trainer.compile on a 4-block LLaMA: training runs without a KV cache, so the 4 blocks share their graphs (2
+    for the first step: block 0's input needs no gradient, the others' do), never one per block; the evaluation's
+    generation runs the blocks eagerly and adds no graph; step_s is logged with tokens_per_s."""
+    import torch
+
+    from goat.compile import compile_counters
+
+    root, model_dir, _ = data_and_model
+    out = tmp_path / "run"
+    torch._dynamo.reset()
+    run(
+        "math/gsm8k",
+        root,
+        model_dir,
+        out,
+        "task.max_new_tokens=4",
+        "trainer.max_steps=4",
+        "trainer.log_every_steps=2",
+        "+model.config_overrides.num_hidden_layers=4",
+        "trainer.compile=default",
+        "trainer.compile_backend=aot_eager",
+        "trainer.pad_to_multiple_of=32",
+    )
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first = next(line for line in lines if "compile/first_step_s" in line)
+    assert first["compile/graphs"] == 2 and first["compile/graph_breaks"] == 0
+    trained = [line for line in lines if "train/loss" in line]
+    assert all(line["train/step_s"] > 0 and line["train/tokens_per_s"] > 0 for line in trained)
+    assert compile_counters()["graphs"] == trained[-1]["compile/graphs"]  # generation compiled nothing
+    assert len((out / "generations" / "step-00000004" / "gsm8k.jsonl").read_text().splitlines()) == 4

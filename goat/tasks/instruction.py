@@ -19,6 +19,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from goat import distributed
+from goat.compile import eager_blocks
 from goat.evaluators.answers import pass_at_k
 from goat.tasks.base import Task
 from goat.tasks.classification import resumable_loader
@@ -187,7 +188,8 @@ def generate(
 def _generate_batch(model, tokenizer, chunk, max_new_tokens, device, static_cache, options) -> list[str]:
     bucket = PROMPT_BUCKET if static_cache else None
     batch = tokenizer(chunk, return_tensors="pt", padding=True, pad_to_multiple_of=bucket).to(device)
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+    with eager_blocks(model):  # blocks compiled for training would compile again for every cache length
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
     new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, new): left padding aligns every prompt's end
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 

@@ -118,7 +118,9 @@ def _batch_logprobs(model, chunk: list[tuple[list[int], int]], pad_id: int, devi
         scored[b, keep - n :] = True
     inputs, mask, targets, scored = (t.to(device) for t in (inputs, mask, targets, scored))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
-    logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    logits = model(
+        input_ids=inputs, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
+    ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, keep)
     return torch.where(scored, logprobs, 0.0).sum(-1).tolist()
 
