@@ -89,12 +89,15 @@ def without_kv_cache(model: nn.Module) -> dict:
     return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
 
-def compile_counters() -> dict:
-    """What the compiler did so far in this process: graphs compiled, graph breaks, recompilations."""
+def compile_counters(since: dict | None = None) -> dict:
+    """What the compiler did in this process (graphs compiled, graph breaks, frames compiled); with `since` (an
+    earlier result of this function), only what it did after that snapshot. The counters are process-wide and
+    torch._dynamo.reset() does not clear them, so a run reports its own work against a snapshot of its start."""
     counters = torch._dynamo.utils.counters
     breaks = Counter(counters["graph_break"])
-    return {
+    now = {
         "graphs": int(counters["stats"]["unique_graphs"]),
         "graph_breaks": int(sum(breaks.values())),
         "frames_compiled": int(counters["frames"]["ok"]),
     }
+    return {key: value - (since or {}).get(key, 0) for key, value in now.items()}

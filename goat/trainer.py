@@ -45,6 +45,7 @@ class Trainer:
             distributed.configure_deepspeed(accelerator, self.t, self.accumulation)
         if distributed.is_fsdp(accelerator):
             distributed.configure_fsdp(accelerator, model)
+        self.compile_start = compile_counters()  # the counters are process-wide; the run reports its own
         self.compiled_blocks = compile_blocks(model, self.t.compile, backend=self.t.compile_backend)
         self.forward_options = without_kv_cache(model)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -125,7 +126,7 @@ class Trainer:
                 if self.compiled_blocks and not self.compile_logged:  # the first step compiles the blocks
                     self.compile_logged = True
                     first = {"compile/first_step_s": round(time.perf_counter() - started, 2)}
-                    self.log.log({**first, **_compile_summary()}, self.state.step)
+                    self.log.log({**first, **_compile_summary(self.compile_start)}, self.state.step)
                 group = []
                 if last_of_epoch:
                     self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
@@ -216,7 +217,7 @@ class Trainer:
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
             values.update(_load_summary(self.accelerator.unwrap_model(self.model)))
             if self.compiled_blocks:  # graphs compiled so far: recompilations show up as a rising count
-                values.update(_compile_summary())
+                values.update(_compile_summary(self.compile_start))
             self.log.log(values, step)
             bar.set_postfix(
                 loss=f"{values['train/loss']:.4f}",
@@ -304,8 +305,9 @@ def _on_device(value, like: torch.Tensor) -> torch.Tensor:
     return like.new_full((), float(value), dtype=torch.float64)
 
 
-def _compile_summary() -> dict:
-    return {f"compile/{key}": value for key, value in compile_counters().items()}
+def _compile_summary(since: dict) -> dict:
+    """What the compiler did since the trainer started, as compile/* metrics."""
+    return {f"compile/{key}": value for key, value in compile_counters(since).items()}
 
 
 def _main_thread() -> bool:

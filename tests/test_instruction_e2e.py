@@ -151,11 +151,12 @@ def test_static_cache_compiled_decoding_equals_dynamic_cache_decoding(data_and_m
     compiled = CompileConfig(backend="aot_eager", mode=None)
     compiled._compile_all_devices = True  # transformers compiles the decoding step on GPUs only otherwise
     torch._dynamo.reset()
+    before = compile_counters()  # process-wide: earlier tests compiled too
     for decoding in ({}, {"num_beams": 2}):
         slow = generate(model, tokenizer, prompts, 6, 3, "cpu", static_cache=False, **decoding)
         fast = generate(model, tokenizer, prompts, 6, 3, "cpu", static_cache=True, compile_config=compiled, **decoding)
         assert fast == slow and any(slow)
-    counters = compile_counters()
+    counters = compile_counters(before)
     assert counters["graphs"] >= 1 and counters["graph_breaks"] == 0  # the decoding step compiled, whole
 
 
@@ -345,6 +346,7 @@ def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(d
     root, model_dir, _ = data_and_model
     out = tmp_path / "run"
     torch._dynamo.reset()
+    before = compile_counters()  # process-wide: earlier tests compiled too
     run(
         "math/gsm8k",
         root,
@@ -363,5 +365,5 @@ def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(d
     assert first["compile/graphs"] == 2 and first["compile/graph_breaks"] == 0
     trained = [line for line in lines if "train/loss" in line]
     assert all(line["train/step_s"] > 0 and line["train/tokens_per_s"] > 0 for line in trained)
-    assert compile_counters()["graphs"] == trained[-1]["compile/graphs"]  # generation compiled nothing
+    assert compile_counters(before)["graphs"] == trained[-1]["compile/graphs"]  # generation compiled nothing
     assert len((out / "generations" / "step-00000004" / "gsm8k.jsonl").read_text().splitlines()) == 4
