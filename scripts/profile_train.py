@@ -1,0 +1,110 @@
+"""Where a goat-train step spends its time: the run as goat-train makes it, a few steps under torch.profiler.
+
+    python scripts/profile_train.py --out DIR --skip 3 --steps 2 -- task=math/gsm8k method=goat ...
+
+The overrides after `--` are goat-train's (composed and checked the same way). The first --skip optimizer steps run
+untimed (compilation, CUDA-graph recording); then every step's wall time is taken with the device synchronised,
+and --steps steps run under the profiler. Writes DIR/profile.txt (the operators and kernels by self time, on the
+host and on the device, and the CUDA runtime calls that show re-recording or allocator churn: graph captures and
+instantiations, cudaMalloc/cudaFree) and DIR/steps.json (per-step seconds, memory statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+RUNTIME_CALLS = ("cudaGraphLaunch", "cudaGraphInstantiate", "cudaStreamBeginCapture", "cudaMalloc", "cudaFree",
+                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaLaunchKernel")
+
+
+class StepProfiler:
+    """A trainer callback: synchronised wall time of every step; the profiler over steps skip+1 .. skip+steps."""
+
+    def __init__(self, out: Path, skip: int, steps: int):
+        import torch
+
+        self.torch, self.out, self.skip, self.steps = torch, out, skip, steps
+        self.cuda = torch.cuda.is_available()
+        self.times: list[float] = []
+        self.last = None
+        self.profiler = None
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def __call__(self, trainer, step: int) -> None:
+        self.sync()
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        if step == self.skip:
+            activities = [self.torch.profiler.ProfilerActivity.CPU]
+            if self.cuda:
+                activities.append(self.torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = self.torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        if step == self.skip + self.steps and self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.write(trainer)
+            self.profiler = None
+        self.last = time.perf_counter()
+
+    def write(self, trainer) -> None:
+        averages = self.profiler.key_averages()
+        parts = []
+        for sort_by in ("self_cpu_time_total", "self_cuda_time_total" if self.cuda else None):
+            if sort_by:
+                table = averages.table(sort_by=sort_by, row_limit=40, max_name_column_width=80)
+                parts.append(f"## by {sort_by}, {self.steps} steps\n\n{table}\n")
+        calls = {name: 0 for name in RUNTIME_CALLS}
+        for event in averages:
+            for name in RUNTIME_CALLS:
+                if event.key.startswith(name):
+                    calls[name] += event.count
+        parts.append("## CUDA runtime calls\n\n" + json.dumps(calls, indent=1) + "\n")
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "profile.txt").write_text("\n".join(parts))
+        print("\n".join(parts[-1:]), flush=True)
+
+    def summary(self) -> dict:
+        row = {"step_s": [round(t, 4) for t in self.times]}
+        if self.cuda:
+            stats = self.torch.cuda.memory_stats()
+            row.update(
+                peak_gib=round(self.torch.cuda.max_memory_allocated() / 2**30, 2),
+                reserved_gib=round(self.torch.cuda.memory_reserved() / 2**30, 2),
+                alloc_retries=stats.get("num_alloc_retries", 0),
+                ooms=stats.get("num_ooms", 0),
+                device_frees=stats.get("num_device_free", 0),
+                device_allocs=stats.get("num_device_alloc", 0),
+            )
+        return row
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--skip", type=int, default=3, help="optimizer steps before the profiler starts")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps under the profiler")
+    args, overrides = parser.parse_known_args(argv)
+    overrides = [o for o in overrides if o != "--"]
+    from goat.compose import compose
+    from goat.train import train
+
+    cfg = compose(overrides)
+    profiler = StepProfiler(args.out, args.skip, args.steps)
+    train(cfg, callbacks=[profiler])
+    summary = profiler.summary()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "steps.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
