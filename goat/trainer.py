@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goat import distributed
-from goat.adapters import auxiliary_loss, expert_load
+from goat.adapters import auxiliary_loss, expert_load, token_mask
 from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
 from goat.compile import compile_blocks, compile_counters, without_kv_cache
 from goat.config import ConfigError, NonFiniteLossError
@@ -48,6 +48,8 @@ class Trainer:
         self.compile_start = compile_counters()  # the counters are process-wide; the run reports its own
         self.compiled_blocks = compile_blocks(model, self.t.compile, backend=self.t.compile_backend)
         self.forward_options = without_kv_cache(model)
+        # a causal LM's training batches, padded on the right only (the instruction tasks' collate says so)
+        self.right_padding_only = getattr(train_loader.collate_fn, "right_padding_only", False)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         if len(self.train_loader) == 0:  # a loop over no batch would wait for one forever
             raise ConfigError(
@@ -148,7 +150,7 @@ class Trainer:
             with context:
                 if self.t.compile == "reduce-overhead":  # a new step of the CUDA graphs: last step's outputs are free
                     torch.compiler.cudagraph_mark_step_begin()
-                output = self.model(**batch, **self.forward_options)
+                output = self._forward(batch)
                 balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
                 loss = output.loss if balance is None else output.loss + balance
                 if self.deepspeed:  # the engine steps at the last micro-batch, inside backward
@@ -169,6 +171,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return True
+
+    def _forward(self, batch: dict):
+        """The model's output for one micro-batch (see forward_right_padded for a causal LM's batches)."""
+        if self.right_padding_only:
+            return forward_right_padded(
+                self.model, batch, self.forward_options, self.accelerator.unwrap_model(self.model)
+            )
+        return self.model(**batch, **self.forward_options)
 
     def _finite(self, losses: list, norm) -> bool:
         """Whether every loss and the gradient norm are finite, on every process (they must agree to skip)."""
@@ -286,6 +296,18 @@ class _Window:
         }
         self.reset()
         return values
+
+
+def forward_right_padded(model, batch: dict, options: dict, routed=None):
+    """A causal LM's forward on a batch padded on the right only, without giving the attention its mask: the mask
+    changes no real token's output (causal attention never looks right, and positions count from 0 either way),
+    so it goes only to the MoE layers of `routed` (the unwrapped model; default `model`), whose balance loss and
+    load count real tokens. The attention then runs its causal kernel on every batch: no host sync to check the
+    mask for padding, and one compiled graph whether a batch has padding or not (else two: transformers passes
+    no mask to the blocks when there is no padding)."""
+    inputs = {key: value for key, value in batch.items() if key != "attention_mask"}
+    with token_mask(model if routed is None else routed, batch["attention_mask"]):
+        return model(**inputs, **options)
 
 
 def _load_summary(model) -> dict:

@@ -353,17 +353,25 @@ def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(d
         model_dir,
         out,
         "task.max_new_tokens=4",
-        "trainer.max_steps=4",
-        "trainer.log_every_steps=2",
+        "trainer.max_steps=6",
+        "trainer.log_every_steps=1",
         "+model.config_overrides.num_hidden_layers=4",
         "trainer.compile=default",
         "trainer.compile_backend=aot_eager",
-        "trainer.pad_to_multiple_of=32",
+        "trainer.batch_size=2",
+        "trainer.micro_batch_size=2",
+        "task.max_length=128",
+        "trainer.pad_to_multiple_of=128",  # = task.max_length: a pair of rows cut at 128 has no padding
     )
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first = next(line for line in lines if "compile/first_step_s" in line)
     assert first["compile/graphs"] == 2 and first["compile/graph_breaks"] == 0
     trained = [line for line in lines if "train/loss" in line]
+    # batches with padding and without (both rows cut at max_length: 256 real tokens) share the graphs: the attention
+    # gets no mask (goat.trainer.forward_right_padded), else an unpadded batch compiles a variant without one
+    tokens = [round(line["train/tokens_per_s"] * line["train/step_s"]) for line in trained]
+    assert min(tokens) < 256 and max(tokens) == 256
+    assert [line["compile/graphs"] for line in trained] == [2] * len(trained)
     assert all(line["train/step_s"] > 0 and line["train/tokens_per_s"] > 0 for line in trained)
     assert compile_counters(before)["graphs"] == trained[-1]["compile/graphs"]  # generation compiled nothing
-    assert len((out / "generations" / "step-00000004" / "gsm8k.jsonl").read_text().splitlines()) == 4
+    assert len((out / "generations" / "step-00000006" / "gsm8k.jsonl").read_text().splitlines()) == 4

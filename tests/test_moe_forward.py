@@ -253,3 +253,53 @@ def test_forward_and_backward_have_no_host_sync():
         layer(x).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_right_padded_causal_batch_without_attention_mask_gives_the_same_loss_balance_load_and_grads():
+    """The trainer's forward for causal LMs (goat.trainer.forward_right_padded): the right-padding mask goes to the
+    MoE layers only, not the attention. Loss, balance loss, expert load, real tokens' logits and every gradient
+    equal the masked forward's (fp64); without the MoE mask the balance loss would count the padding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from goat.trainer import forward_right_padded
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config).double()
+    model = apply_adapter(model, method_config("goat", r=8, lora_dropout=0.0, svd_cache_dir=None)).train()
+    lengths = [7, 4, 12, 10]
+    ids = torch.randint(0, 50, (4, 12))  # padding positions hold arbitrary ids
+    mask = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(forward):
+        for p in params:
+            p.grad = None
+        out = forward()
+        aux = auxiliary_loss(model)
+        (out.loss + aux).backward()
+        real = out.logits[mask.bool()]
+        return out.loss.detach(), aux.detach(), real.detach(), expert_load(model), [p.grad.clone() for p in params]
+
+    masked = run(lambda: model(**batch, use_cache=False))
+    unmasked = run(lambda: forward_right_padded(model, batch, {"use_cache": False}))
+    for want, got in zip(masked[:3], unmasked[:3], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for name, load in masked[3].items():
+        torch.testing.assert_close(unmasked[3][name], load, rtol=1e-10, atol=1e-12)
+    for want, got in zip(masked[4], unmasked[4], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    inputs = {key: value for key, value in batch.items() if key != "attention_mask"}
+    no_moe_mask = run(lambda: model(**inputs, use_cache=False))
+    assert no_moe_mask[0] == pytest.approx(masked[0].item(), rel=1e-10)  # the task loss never needed the mask
+    assert abs(no_moe_mask[1].item() - masked[1].item()) > 1e-6  # the balance loss does

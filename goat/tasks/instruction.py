@@ -108,6 +108,7 @@ def pad_right(pad_id: int, pad_to_multiple_of: int = 1):
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(row["input_ids"]), torch.tensor(row["labels"]), 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
+    collate.right_padding_only = True  # the mask marks trailing padding only (goat.trainer.forward_right_padded)
     return collate
 
 
