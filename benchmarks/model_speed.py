@@ -43,7 +43,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig, LlamaForCausalLM, StaticCache
 
-from goat.adapters import apply_adapter, auxiliary_loss, method_config
+from goat.adapters import apply_adapter, auxiliary_loss, method_config, moe_layers
 from goat.adapters.surgery import count_parameters, find_targets, freeze_except, replace_module
 from goat.compile import compile_blocks
 
@@ -206,9 +206,16 @@ def adapt(run: Run, method: str) -> Adapted:
     if method == "goat-official":
         model, aux = wrap_official(model, official, cfg), official_aux_loss
     else:
-        model, aux = apply_adapter(model, cfg), auxiliary_loss
+        model = apply_adapter(model, cfg)
+        routed = list(moe_layers(model))  # listed once, as the trainer does: a scan of 7B's modules takes ms
+        aux = functools.partial(layers_aux_loss, routed)
     sync(run.device)
     return Adapted(model, aux, time.perf_counter() - began, count_parameters(model)[0])
+
+
+def layers_aux_loss(routed: list, model: nn.Module) -> torch.Tensor | None:
+    """goat's balance loss from the MoE layers listed once (`model` is there for the official layer's signature)."""
+    return auxiliary_loss(routed)
 
 
 def free_memory() -> None:

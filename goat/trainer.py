@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goat import distributed
-from goat.adapters import auxiliary_loss, expert_load, token_mask
+from goat.adapters import auxiliary_loss, expert_load, moe_layers, token_mask
 from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
 from goat.compile import compile_blocks, compile_counters, without_kv_cache
 from goat.config import ConfigError, NonFiniteLossError
@@ -56,6 +56,8 @@ class Trainer:
                 f"the training loader of this process yields no batch ({len(train_loader.dataset)} examples over "
                 f"{accelerator.num_processes} processes); give the task more training rows"
             )
+        # the MoE layers, listed once (the wrappers keep the same layer objects): read at every step
+        self.routed = list(moe_layers(accelerator.unwrap_model(self.model)))
         # FSDP2 replaces the parameters by sharded ones: clip and check those
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)
@@ -151,7 +153,7 @@ class Trainer:
                 if self.t.compile == "reduce-overhead":  # a new step of the CUDA graphs: last step's outputs are free
                     torch.compiler.cudagraph_mark_step_begin()
                 output = self._forward(batch)
-                balance = auxiliary_loss(self.accelerator.unwrap_model(self.model))
+                balance = auxiliary_loss(self.routed)
                 loss = output.loss if balance is None else output.loss + balance
                 if self.deepspeed:  # the engine steps at the last micro-batch, inside backward
                     distributed.backward(self.accelerator, loss / len(group), ends_step=sync)
@@ -175,9 +177,7 @@ class Trainer:
     def _forward(self, batch: dict):
         """The model's output for one micro-batch (see forward_right_padded for a causal LM's batches)."""
         if self.right_padding_only:
-            return forward_right_padded(
-                self.model, batch, self.forward_options, self.accelerator.unwrap_model(self.model)
-            )
+            return forward_right_padded(self.model, batch, self.forward_options, self.routed)
         return self.model(**batch, **self.forward_options)
 
     def _finite(self, losses: list, norm) -> bool:
@@ -190,7 +190,6 @@ class Trainer:
 
     def _nonfinite(self, losses: list, norm) -> None:
         step = self.state.step + 1
-        model = self.accelerator.unwrap_model(self.model)
         losses = [float(loss) for loss in losses]
         grad_norm = None if norm is None else float(norm)
         # the router statistics of the failing forward pass (expert load per layer), for the post-mortem
@@ -199,7 +198,7 @@ class Trainer:
                 "status": "nonfinite",
                 "nonfinite/losses": losses,
                 "nonfinite/grad_norm": grad_norm,
-                **_load_summary(model),
+                **_load_summary(self.routed),
             },
             step,
         )
@@ -222,10 +221,10 @@ class Trainer:
     def _after_step(self, bar, window, epoch_end: bool) -> None:
         step = self.state.step
         bar.update(1)
-        window.steps += 1
+        window.count_step()
         if step % self.t.log_every_steps == 0 or step == self.total_steps:
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
-            values.update(_load_summary(self.accelerator.unwrap_model(self.model)))
+            values.update(_load_summary(self.routed))
             if self.compiled_blocks:  # graphs compiled so far: recompilations show up as a rising count
                 values.update(_compile_summary(self.compile_start))
             self.log.log(values, step)
@@ -234,15 +233,14 @@ class Trainer:
                 lr=f"{values['train/lr']:.2e}",
                 tok_s=f"{values['train/tokens_per_s']:.0f}",
             )
-        paused = time.perf_counter()  # evaluation and checkpoints are not training time: the window's clock waits
-        every = self.t.eval_every_steps
-        if epoch_end or (every and step % every == 0) or step == self.total_steps:
-            self._evaluate(step)
-        if self.t.save_every_steps and step % self.t.save_every_steps == 0:
-            self.save()
-        window.start += time.perf_counter() - paused
-        for callback in self.callbacks:
-            callback(self, step)
+        with window.paused():  # evaluation, checkpoints and callbacks are not training time
+            every = self.t.eval_every_steps
+            if epoch_end or (every and step % every == 0) or step == self.total_steps:
+                self._evaluate(step)
+            if self.t.save_every_steps and step % self.t.save_every_steps == 0:
+                self.save()
+            for callback in self.callbacks:
+                callback(self, step)
 
     def _evaluate(self, step: int) -> None:
         if self.state.history and self.state.history[-1]["step"] == step:
@@ -270,6 +268,18 @@ class _Window:
 
     def reset(self):
         self.sums, self.steps, self.start = None, 0, time.perf_counter()
+
+    def count_step(self) -> None:
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        """The clock stops inside: what runs there does not count as training time."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - began
 
     def add(self, loss, balance, batch) -> None:
         if "attention_mask" in batch:
@@ -299,6 +309,7 @@ class _Window:
 
 
 def forward_right_padded(model, batch: dict, options: dict, routed=None):
+    # routed: the unwrapped model or the list of its MoE layers (goat.adapters.moe.token_mask)
     """A causal LM's forward on a batch padded on the right only, without giving the attention its mask: the mask
     changes no real token's output (causal attention never looks right, and positions count from 0 either way),
     so it goes only to the MoE layers of `routed` (the unwrapped model; default `model`), whose balance loss and
@@ -310,13 +321,16 @@ def forward_right_padded(model, batch: dict, options: dict, routed=None):
         return model(**inputs, **options)
 
 
-def _load_summary(model) -> dict:
-    """Per-layer expert load (fraction of routed tokens per expert) and its worst imbalance, for MoE methods."""
-    loads = expert_load(model)
+def _load_summary(routed) -> dict:
+    """Per-layer expert load (fraction of routed tokens per expert) and its worst imbalance, for MoE methods;
+    `routed`: the model or the list of its MoE layers. One copy to the host for all layers."""
+    loads = expert_load(routed)
     if not loads:
         return {}
-    values = {f"load/{name}": load.float().cpu() for name, load in loads.items()}
-    values["moe/max_expert_load"] = max(float(load.max()) for load in loads.values())
+    host = torch.cat([load.float().reshape(-1) for load in loads.values()]).cpu()
+    parts = host.split([load.numel() for load in loads.values()])
+    values = {f"load/{name}": part for name, part in zip(loads, parts, strict=True)}
+    values["moe/max_expert_load"] = float(host.max())
     return values
 
 

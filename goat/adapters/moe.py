@@ -307,13 +307,20 @@ def moe_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+def _routed(model_or_layers) -> Iterator[tuple[str, nn.Module]]:
+    """The (name, layer) pairs of a model's MoE layers, or a list of them found before (list(moe_layers(model))):
+    a training loop lists them once, since a scan of a 7B model's modules takes milliseconds at every step."""
+    return moe_layers(model_or_layers) if isinstance(model_or_layers, nn.Module) else iter(model_or_layers)
+
+
+def auxiliary_loss(model) -> torch.Tensor | None:
     """lambda * sum over layers of the last forward's balance loss (spec §4); None for models without MoE.
+    `model`: the model, or the list of its MoE layers (list(moe_layers(model))).
 
     One stack and one sum per distinct lambda (all layers share one): a few kernels, not two per layer.
     """
     by_coef: dict[float, list[torch.Tensor]] = {}
-    for _, layer in moe_layers(model):
+    for _, layer in _routed(model):
         loss = layer.routing.last_balance_loss
         if loss is not None and layer.routing.balance_coef != 0:
             by_coef.setdefault(layer.routing.balance_coef, []).append(loss)
@@ -325,19 +332,21 @@ def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
     return total
 
 
-def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per-layer fraction of routed tokens per expert from the last forward, (E,) each, detached."""
+def expert_load(model) -> dict[str, torch.Tensor]:
+    """Per-layer fraction of routed tokens per expert from the last forward, (E,) each, detached. `model`: the
+    model, or the list of its MoE layers."""
     return {
         name: layer.routing.last_expert_load
-        for name, layer in moe_layers(model)
+        for name, layer in _routed(model)
         if layer.routing.last_expert_load is not None
     }
 
 
 @contextmanager
-def token_mask(model: nn.Module, mask: torch.Tensor | None):
-    """Sets the padding mask (B, L) that the model's MoE layers use for the forward passes inside."""
-    contexts = {id(layer.routing.context): layer.routing.context for _, layer in moe_layers(model)}
+def token_mask(model, mask: torch.Tensor | None):
+    """Sets the padding mask (B, L) that the model's MoE layers use for the forward passes inside. `model`: the
+    model, or the list of its MoE layers."""
+    contexts = {id(layer.routing.context): layer.routing.context for _, layer in _routed(model)}
     previous = {key: ctx.token_mask for key, ctx in contexts.items()}
     for ctx in contexts.values():
         ctx.token_mask = mask
