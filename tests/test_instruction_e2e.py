@@ -112,6 +112,46 @@ def run(task: str, root, model_dir, out, *extra) -> tuple[dict, list[float]]:
     )
 
 
+def test_empty_rows_for_a_short_last_batch_change_no_loss_balance_loss_token_count_or_gradient(data_and_model):
+    """Compiled training pads an epoch's last micro-batch to the full number of rows (one shape for the graphs):
+    rows without tokens or labels. On a tiny GOAT LLaMA (fp64) the loss, the balance loss and every gradient equal
+    those of the batch without them, through the trainer's forward."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from goat.adapters import apply_adapter, auxiliary_loss, method_config
+    from goat.trainer import forward_right_padded
+
+    root, model_dir, tokenizer = data_and_model
+    records = [
+        {"prompt": "a b", "response": "c"},
+        {"prompt": "a", "response": "b c a"},
+        {"prompt": "b", "response": "a"},
+    ]
+    split = InstructionSplit(records, tokenizer, 16)
+    examples = [split[i] for i in range(3)]
+    short = pad_right(tokenizer.pad_token_id, 8)(examples)
+    full = pad_right(tokenizer.pad_token_id, 8, rows=5)(examples)
+    assert full["input_ids"].shape == (5, 8) and short["input_ids"].shape == (3, 8)
+    assert full["attention_mask"][3:].sum() == 0 and (full["labels"][3:] == IGNORE).all()
+    assert full["attention_mask"].sum() == short["attention_mask"].sum()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(model_dir)).double()
+    model = apply_adapter(model, method_config("goat", r=8, lora_dropout=0.0, svd_cache_dir=None)).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(batch):
+        for p in params:
+            p.grad = None
+        out = forward_right_padded(model, batch, {"use_cache": False})
+        aux = auxiliary_loss(model)
+        (out.loss + aux).backward()
+        return [out.loss.detach(), aux.detach()] + [p.grad.clone() for p in params]
+
+    for got, want in zip(run(full), run(short), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
 def test_response_only_labels_and_left_padded_generation(data_and_model):
     root, model_dir, tokenizer = data_and_model
     split = InstructionSplit([{"prompt": "a b", "response": "c"}, {"prompt": "a", "response": "b c"}], tokenizer, 16)
@@ -353,13 +393,13 @@ def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(d
         model_dir,
         out,
         "task.max_new_tokens=4",
-        "trainer.max_steps=6",
+        "trainer.max_steps=12",  # 32 records in batches of 3: step 11 is the epoch's last, 2 rows and one empty
         "trainer.log_every_steps=1",
         "+model.config_overrides.num_hidden_layers=4",
         "trainer.compile=default",
         "trainer.compile_backend=aot_eager",
-        "trainer.batch_size=2",
-        "trainer.micro_batch_size=2",
+        "trainer.batch_size=3",
+        "trainer.micro_batch_size=3",
         "task.max_length=128",
         "trainer.pad_to_multiple_of=128",  # = task.max_length: a pair of rows cut at 128 has no padding
     )
@@ -367,11 +407,12 @@ def test_compiled_math_run_shares_block_graphs_and_generates_with_eager_blocks(d
     first = next(line for line in lines if "compile/first_step_s" in line)
     assert first["compile/graphs"] == 2 and first["compile/graph_breaks"] == 0
     trained = [line for line in lines if "train/loss" in line]
-    # batches with padding and without (both rows cut at max_length: 256 real tokens) share the graphs: the attention
-    # gets no mask (goat.trainer.forward_right_padded), else an unpadded batch compiles a variant without one
+    # batches with padding and without (all rows cut at max_length: 384 real tokens) share the graphs: the attention
+    # gets no mask (goat.trainer.forward_right_padded), else an unpadded batch compiles a variant without one; the
+    # epoch's last batch (2 rows) gets an empty row, else its shape compiles new graphs
     tokens = [round(line["train/tokens_per_s"] * line["train/step_s"]) for line in trained]
-    assert min(tokens) < 256 and max(tokens) == 256
+    assert min(tokens[:10]) < 384 and max(tokens[:10]) == 384 and tokens[10] <= 256
     assert [line["compile/graphs"] for line in trained] == [2] * len(trained)
     assert all(line["train/step_s"] > 0 and line["train/tokens_per_s"] > 0 for line in trained)
     assert compile_counters(before)["graphs"] == trained[-1]["compile/graphs"]  # generation compiled nothing
-    assert len((out / "generations" / "step-00000006" / "gsm8k.jsonl").read_text().splitlines()) == 4
+    assert len((out / "generations" / "step-00000012" / "gsm8k.jsonl").read_text().splitlines()) == 4

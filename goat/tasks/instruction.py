@@ -94,16 +94,19 @@ class InstructionSplit(Dataset):
         return {"input_ids": ids, "labels": labels}
 
 
-def pad_right(pad_id: int, pad_to_multiple_of: int = 1):
+def pad_right(pad_id: int, pad_to_multiple_of: int = 1, rows: int | None = None):
     """Collate for training: right padding to the longest row, rounded up to `pad_to_multiple_of`; labels padded
-    with -100."""
+    with -100. With `rows`, a smaller batch (an epoch's last) gets rows of padding up to `rows`: they hold no
+    real token and no label, so the loss, the balance loss and the token count are those of the batch without
+    them, and a compiled model sees one batch shape (no recompilation for the last batch of an epoch)."""
 
-    def collate(rows: list[dict]) -> dict:
-        width = -(-max(len(row["input_ids"]) for row in rows) // pad_to_multiple_of) * pad_to_multiple_of
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
+    def collate(examples: list[dict]) -> dict:
+        width = -(-max(len(row["input_ids"]) for row in examples) // pad_to_multiple_of) * pad_to_multiple_of
+        height = max(len(examples), rows or 0)
+        ids = torch.full((height, width), pad_id, dtype=torch.long)
+        labels = torch.full((height, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((height, width), dtype=torch.long)
+        for i, row in enumerate(examples):
             n = len(row["input_ids"])
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(row["input_ids"]), torch.tensor(row["labels"]), 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
@@ -265,9 +268,17 @@ def evaluate_generation(model, tokenizer, task, accelerator, batch_size: int, ou
 
 
 def train_loader(
-    split: InstructionSplit, tokenizer, batch_size: int, seed: int, num_workers: int = 0, pad_to_multiple_of: int = 1
+    split: InstructionSplit,
+    tokenizer,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    pad_to_multiple_of: int = 1,
+    fixed_rows: bool = False,
 ) -> DataLoader:
-    collate = pad_right(tokenizer.pad_token_id, pad_to_multiple_of)
+    """Shuffled, resumable micro-batches; `fixed_rows` (compiled training) pads an epoch's last batch with empty
+    rows to `batch_size` rows."""
+    collate = pad_right(tokenizer.pad_token_id, pad_to_multiple_of, batch_size if fixed_rows else None)
     return resumable_loader(split, batch_size, collate, seed, num_workers)
 
 
@@ -282,5 +293,6 @@ def generation_pipeline(cfg, task, tokenizer, accelerator, run_dir, write=evalua
         out = Path(run_dir) / "generations" / f"step-{step:08d}"
         return write(model, tokenizer, task, accelerator, t.eval_batch_size, out)
 
-    train = train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of)
+    fixed_rows = t.compile != "none"  # one batch shape for the compiled blocks
+    train = train_loader(split, tokenizer, t.micro_batch_size, t.seed, t.num_workers, t.pad_to_multiple_of, fixed_rows)
     return train, evaluator, task.main_metric
