@@ -21,7 +21,8 @@
 #                  micro-batch 4 padded to 512 tokens (the benchmark's 4x512), 40 steps + a short generation
 #                  evaluation, once per compile mode in MODES (default: reduce-overhead, then default)
 #   PART=profile   where a goat-train step of the recipe spends its time (scripts/profile_train.py): the recipe's
-#                  run under torch.profiler after 3 steps, once with CUDA graphs (reduce-overhead), once eager
+#                  run with CUDA graphs (MODES, default reduce-overhead), 2 steps, 1 under torch.profiler, then
+#                  the model benchmark's step beside the trainer's on the same model (compare_stages)
 # Every part includes lora, so its "x LoRA" ratios come from the same run. Results: $OUT/<part>/model_speed.{md,json}
 # (recipe: $OUT/recipe-<mode>/{results.json,metrics.jsonl,config.yaml}).
 # The machine has torch, transformers, peft and accelerate; the recipe part also needs goat's other dependencies
@@ -70,12 +71,12 @@ case "$PART" in
     wheels=$(ls "${WHEELS:-scratch/wheels_ds}"/*.whl 2>/dev/null)
     [ -n "$wheels" ] && python3 -m pip install --no-deps --no-index -q $wheels 2>&1 | tail -2
     python3 scripts/shape_model.py --out /tmp/llama2-7b-shape
-    for mode in ${MODES:-reduce-overhead none}; do
+    for mode in ${MODES:-reduce-overhead}; do
       echo "[$(date +%T) +${SECONDS}s] profile $mode"; mkdir -p "$OUT/profile-$mode"
-      TORCH_LOGS=${TORCH_LOGS:-perf_hints,cudagraphs,recompiles} timeout "${RUN_BUDGET:-270}" python3 \
-        scripts/profile_train.py --out "$OUT/profile-$mode" --skip 3 --steps 2 -- task=math/gsm8k \
+      TORCH_LOGS=${TORCH_LOGS:-perf_hints,cudagraphs,recompiles} timeout "${RUN_BUDGET:-480}" python3 \
+        scripts/profile_train.py --out "$OUT/profile-$mode" --skip 2 --steps 1 -- task=math/gsm8k \
         task.data_dir="${DATA:-scratch/data/math}" model.name_or_path=/tmp/llama2-7b-shape model.from_config=true \
-        method=goat method.r=32 method.lora_alpha=64 method.svd_cache_dir=/tmp/svd trainer.max_steps=6 \
+        method=goat method.r=32 method.lora_alpha=64 method.svd_cache_dir=/tmp/svd trainer.max_steps=4 \
         trainer.batch_size=4 trainer.micro_batch_size=4 trainer.log_every_steps=1 trainer.compile="$mode" \
         trainer.pad_to_multiple_of=512 task.max_eval_samples=4 task.max_new_tokens=4 trainer.progress=false \
         logger=none output_dir="/tmp/profile-$mode" > "$OUT/profile-$mode.log" 2>&1

@@ -4,9 +4,10 @@
 
 The overrides after `--` are goat-train's (composed and checked the same way). The first --skip optimizer steps run
 untimed (compilation, CUDA-graph recording); then every step's wall time is taken with the device synchronised,
-and --steps steps run under the profiler. Writes DIR/profile.txt (the operators and kernels by self time, on the
-host and on the device, and the CUDA runtime calls that show re-recording or allocator churn: graph captures and
-instantiations, cudaMalloc/cudaFree) and DIR/steps.json (per-step seconds, memory statistics).
+and --steps steps run under the profiler; then the trainer's model and optimizer take a few steps the model
+benchmark's way and the trainer's (compare_stages). Writes DIR/profile.txt (the operators and kernels by self
+time, on the host and on the device, and the CUDA runtime calls that show re-recording or allocator churn: graph
+captures and instantiations, cudaMalloc/cudaFree) and DIR/steps.json (per-step seconds, stages, memory).
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-RUNTIME_CALLS = ("cudaGraphLaunch", "cudaGraphInstantiate", "cudaStreamBeginCapture", "cudaMalloc", "cudaFree",
-                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaLaunchKernel")
+RUNTIME_CALLS = (
+    "cudaGraphLaunch",
+    "cudaGraphInstantiate",
+    "cudaStreamBeginCapture",
+    "cudaMalloc",
+    "cudaFree",
+    "cudaMemcpyAsync",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaLaunchKernel",
+)
 
 
 class StepProfiler:
@@ -32,6 +42,7 @@ class StepProfiler:
         self.times: list[float] = []
         self.last = None
         self.profiler = None
+        self.stages: dict = {}
 
     def sync(self) -> None:
         if self.cuda:
@@ -52,6 +63,7 @@ class StepProfiler:
             self.profiler.__exit__(None, None, None)
             self.write(trainer)
             self.profiler = None
+            self.stages = compare_stages(trainer, self.sync)
         self.last = time.perf_counter()
 
     def write(self, trainer) -> None:
@@ -72,7 +84,7 @@ class StepProfiler:
         print("\n".join(parts[-1:]), flush=True)
 
     def summary(self) -> dict:
-        row = {"step_s": [round(t, 4) for t in self.times]}
+        row = {"step_s": [round(t, 4) for t in self.times], "stages_ms": self.stages}
         if self.cuda:
             stats = self.torch.cuda.memory_stats()
             row.update(
@@ -84,6 +96,61 @@ class StepProfiler:
                 device_allocs=stats.get("num_device_alloc", 0),
             )
         return row
+
+
+def compare_stages(trainer, sync, steps: int = 3, warmup: int = 1) -> dict:
+    """Median ms of an optimizer step on the trainer's own model and optimizer, from the model benchmark's step to
+    the trainer's: (a) benchmarks/model_speed.py's step (random ids, no padding, torch.autocast, forward + balance
+    loss, backward, AdamW step); (b) the same on a batch of the training loader; (c) Trainer._optimizer_step on
+    that batch (accelerate's wrapper, clipping, the finiteness check, the scheduler). Where the time jumps is
+    what the trainer adds."""
+    import statistics
+
+    import torch
+
+    from goat.adapters import auxiliary_loss
+
+    model, optimizer = trainer.accelerator.unwrap_model(trainer.model), trainer.optimizer
+    device = trainer.accelerator.device
+    batch = next(iter(trainer.train_loader))
+    ids = torch.randint(model.config.vocab_size, batch["input_ids"].shape, device=device)
+    benchmark_batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+    def bench_step(inputs):
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**inputs, use_cache=False).loss
+            aux = auxiliary_loss(trainer.routed)
+            loss = loss if aux is None else loss + aux
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    class Window:  # what _optimizer_step feeds: nothing is logged from here
+        def add(self, *args):
+            pass
+
+    stages = {
+        "a benchmark step": lambda: bench_step(benchmark_batch),
+        "b benchmark step, loader batch": lambda: bench_step(batch),
+        "c Trainer._optimizer_step": lambda: trainer._optimizer_step([batch], Window()),
+    }
+    found = {}
+    step_before = trainer.state.step
+    for name, step in stages.items():
+        times = []
+        for i in range(warmup + steps):
+            sync()
+            began = time.perf_counter()
+            step()
+            sync()
+            if i >= warmup:
+                times.append(1e3 * (time.perf_counter() - began))
+        found[name] = round(statistics.median(times), 1)
+        print(f"stage {name}: {found[name]} ms (median of {steps})", flush=True)
+    trainer.state.step = step_before  # the stages' optimizer steps are not the run's
+    return found
 
 
 def main(argv: list[str]) -> dict:
