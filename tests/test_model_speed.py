@@ -17,7 +17,7 @@ EAGER_ONLY = {"goat-official"}
 
 # A stand-in with the official layer's constructor and contract (base + routed LoRA, `layer_loss` kept after each
 # forward), written for this test: it checks the benchmark's import-and-wrap plumbing, not the official code.
-STAND_IN_LAYER = """
+STAND_IN_LAYER = '''
 from torch import nn
 
 
@@ -34,7 +34,7 @@ class LinearGOATLayer(nn.Module):
     def forward(self, x):
         self.layer_loss = self.lora_gating(x).softmax(-1).mean(0).pow(2).sum()
         return self.base_layer(x) + self.lora_B(self.lora_A(x))
-"""
+'''
 
 
 def load_script():
@@ -54,23 +54,9 @@ def tiny_run(tmp_path_factory):
     out = tmp / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--tiny",
-            "--out",
-            str(out),
-            "--methods",
-            ",".join(METHODS),
-            "--official-layer",
-            str(layer),
-            "--profile",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--methods", ",".join(METHODS),
+         "--official-layer", str(layer), "--profile"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "model_speed.json").read_text()), (out / "model_speed.md").read_text(), done.stdout, out
@@ -159,24 +145,9 @@ def test_decode_paths_out_of_their_domain_are_refused(tmp_path, capsys):
 def test_decode_paths_fast_times_only_the_fast_path(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--tiny",
-            "--out",
-            str(out),
-            "--methods",
-            "lora,goat",
-            "--shapes",
-            "",
-            "--decode-paths",
-            "fast",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--methods", "lora,goat", "--shapes", "",
+         "--decode-paths", "fast"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "model_speed.json").read_text())["decode"]
