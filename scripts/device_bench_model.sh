@@ -73,7 +73,7 @@ case "$PART" in
     python3 scripts/shape_model.py --out /tmp/llama2-7b-shape
     for mode in ${MODES:-reduce-overhead}; do
       echo "[$(date +%T) +${SECONDS}s] profile $mode"; mkdir -p "$OUT/profile-$mode"
-      TORCH_LOGS=${TORCH_LOGS:-perf_hints,cudagraphs,recompiles} timeout "${RUN_BUDGET:-480}" python3 \
+      TORCH_LOGS=${TORCH_LOGS:-perf_hints,recompiles} timeout "${RUN_BUDGET:-480}" python3 \
         scripts/profile_train.py --out "$OUT/profile-$mode" --skip 2 --steps 1 -- task=math/gsm8k \
         task.data_dir="${DATA:-scratch/data/math}" model.name_or_path=/tmp/llama2-7b-shape model.from_config=true \
         method=goat method.r=32 method.lora_alpha=64 method.svd_cache_dir=/tmp/svd trainer.max_steps=4 \
