@@ -313,13 +313,12 @@ class _Window:
 
 
 def forward_right_padded(model, batch: dict, options: dict, routed=None):
-    # routed: the unwrapped model or the list of its MoE layers (goat.adapters.moe.token_mask)
     """A causal LM's forward on a batch padded on the right only, without giving the attention its mask: the mask
     changes no real token's output (causal attention never looks right, and positions count from 0 either way),
-    so it goes only to the MoE layers of `routed` (the unwrapped model; default `model`), whose balance loss and
-    load count real tokens. The attention then runs its causal kernel on every batch: no host sync to check the
-    mask for padding, and one compiled graph whether a batch has padding or not (else two: transformers passes
-    no mask to the blocks when there is no padding)."""
+    so it goes only to the MoE layers of `routed` (the unwrapped model or the list of its MoE layers; default
+    `model`), whose balance loss and load count real tokens. The attention then runs its causal kernel on every
+    batch: no host sync to check the mask for padding, and one compiled graph whether a batch has padding or not
+    (else two: transformers passes no mask to the blocks when there is no padding)."""
     inputs = {key: value for key, value in batch.items() if key != "attention_mask"}
     with token_mask(model if routed is None else routed, batch["attention_mask"]):
         return model(**inputs, **options)

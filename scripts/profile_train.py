@@ -58,15 +58,15 @@ class StepProfiler:
             if self.cuda:
                 activities.append(self.torch.profiler.ProfilerActivity.CUDA)
             self.profiler = self.torch.profiler.profile(activities=activities)
-            self.profiler.__enter__()
+            self.profiler.start()
         if step == self.skip + self.steps and self.profiler is not None:
-            self.profiler.__exit__(None, None, None)
-            self.write(trainer)
+            self.profiler.stop()
+            self.write()
             self.profiler = None
             self.stages = compare_stages(trainer, self.sync)
         self.last = time.perf_counter()
 
-    def write(self, trainer) -> None:
+    def write(self) -> None:
         averages = self.profiler.key_averages()
         parts = []
         for sort_by in ("self_cpu_time_total", "self_cuda_time_total" if self.cuda else None):

@@ -38,6 +38,32 @@ def tiny_bert(num_labels: int = 3, seed: int = 0):
     return BertForSequenceClassification(config).eval()
 
 
+def tiny_llama(method: str, dropout: float = 0.1, seed: int = 0, dtype=torch.float32):
+    """A 2-block LLaMA with every Linear of the blocks adapted; random B so that every expert contributes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from goat.adapters import apply_adapter, method_config
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=128,
+        use_cache=False,
+    )
+    model = LlamaForCausalLM(config).to(dtype)
+    cfg = method_config(method, r=8, lora_alpha=16, lora_dropout=dropout, svd_cache_dir=None)
+    model = apply_adapter(model, cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _no_svd_cache(monkeypatch, tmp_path):
     """Tests never write to the user's SVD cache."""

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import holder
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import holder, tiny_llama
 
 from goat.adapters import apply_adapter, auxiliary_loss, expert_load, method_config
 from goat.adapters.moe import MoELoRALinear
@@ -11,28 +10,6 @@ from goat.adapters.slot_dropout import _SlotDropoutDown, pack_bits, unpack_bits
 from goat.compile import compile_blocks, repeated_blocks
 
 ROUTED = ["goat", "molora", "hydralora", "adamole"]
-
-
-def tiny_llama(method: str, dropout: float = 0.1, seed: int = 0, dtype=torch.float32):
-    """A 2-block LLaMA with every Linear of the blocks adapted; random B so that every expert contributes."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=128,
-        use_cache=False,
-    )
-    model = LlamaForCausalLM(config).to(dtype)
-    cfg = method_config(method, r=8, lora_alpha=16, lora_dropout=dropout, svd_cache_dir=None)
-    model = apply_adapter(model, cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_()
-    return model
 
 
 def block_inputs(model, batch=2, length=16):

@@ -259,22 +259,11 @@ def test_right_padded_causal_batch_without_attention_mask_gives_the_same_loss_ba
     """The trainer's forward for causal LMs (goat.trainer.forward_right_padded): the right-padding mask goes to the
     MoE layers only, not the attention. Loss, balance loss, expert load, real tokens' logits and every gradient
     equal the masked forward's (fp64); without the MoE mask the balance loss would count the padding."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import tiny_llama
 
     from goat.trainer import forward_right_padded
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=50,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).double()
-    model = apply_adapter(model, method_config("goat", r=8, lora_dropout=0.0, svd_cache_dir=None)).train()
+    model = tiny_llama("goat", dropout=0.0, dtype=torch.float64).train()
     lengths = [7, 4, 12, 10]
     ids = torch.randint(0, 50, (4, 12))  # padding positions hold arbitrary ids
     mask = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
