@@ -277,11 +277,21 @@ def measure_training(run: Run, method: str, mode: str, adapted: Adapted) -> None
             step = functools.partial(train_step, run, adapted, batch, optimizer)
             if cuda:  # from the first step: CUDA graphs allocate a step's activations only while they capture it
                 torch.cuda.reset_peak_memory_stats()
-            first_s = wall_seconds(step, run.device)
-            for _ in range(run.args.warmup - 1):
-                step()
-            median_ms = 1e3 * statistics.median(wall_seconds(step, run.device) for _ in range(run.args.steps))
+            try:
+                first_s = wall_seconds(step, run.device)
+                for _ in range(run.args.warmup - 1):
+                    step()
+                median_ms = 1e3 * statistics.median(wall_seconds(step, run.device) for _ in range(run.args.steps))
+            except torch.OutOfMemoryError:  # the official layer at 16x512: a row that says so, and the run goes on
+                median_ms = None
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            if median_ms is None:
+                optimizer.zero_grad(set_to_none=True)
+                free_memory()
+                note = f"out of memory at {shape} ({fmt(peak)} GiB allocated at the peak)"
+                run.record("train", {"method": method, "mode": mode, "note": note})
+                log(f"train {method} {mode} {shape}: {note}")
+                continue
             row = {"method": method, "mode": mode, "shape": shape, "step_ms": median_ms,
                    "tokens_per_s": batch["input_ids"].numel() / (median_ms / 1e3), "peak_gib": peak,
                    "first_step_s": first_s, "init_s": adapted.init_s, "syncs": host_syncs(step) if cuda else None,

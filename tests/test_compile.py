@@ -184,3 +184,51 @@ def test_no_grad_forward_keeps_no_tensor_on_the_layers(method):
     assert auxiliary_loss(model) is None and not expert_load(model)
     model(input_ids=ids)  # with gradients (an evaluation loss, a training step): recorded
     assert auxiliary_loss(model) is not None and len(expert_load(model)) == 14
+
+
+def test_compiled_layers_read_one_mask_tensor_per_shape():
+    """torch.compile marks a module's tensor attributes static, and CUDA graphs re-record every graph whose static
+    input moved; so the token mask the routed layers read must stay the same tensor from batch to batch of a shape
+    (with each batch's own mask, every step of the H200 recipe re-recorded all 64 graphs: 23 s a step)."""
+    from goat.trainer import forward_right_padded
+
+    model = tiny_llama("goat").train()
+    torch._dynamo.reset()
+    compile_blocks(model, "default", fullgraph=True, backend="aot_eager")
+    context = next(layer for layer in model.modules() if isinstance(layer, MoELoRALinear)).routing.context
+    read = []
+    for lengths in ([16, 11], [9, 16], [16, 16]):
+        ids = torch.randint(0, 128, (2, 16))
+        mask = (torch.arange(16)[None] < torch.tensor(lengths)[:, None]).long()
+        seen = []
+        hook = model.model.layers[0].mlp.down_proj.register_forward_pre_hook(
+            lambda module, args: seen.append(context.token_mask)
+        )
+        forward_right_padded(model, {"input_ids": ids, "attention_mask": mask, "labels": ids}, {"use_cache": False})
+        hook.remove()
+        torch.testing.assert_close(seen[0], mask)  # what the layer read is this batch's mask
+        read.append(seen[0])
+    assert read[0] is read[1] is read[2]
+    assert getattr(read[0], "_dynamo_static_input_type", None) is not None  # why it matters: dynamo made it static
+    assert context.token_mask is None  # cleared after the forward
+
+
+def test_nested_masks_restore_the_outer_content():
+    from goat.adapters import moe_layers, token_mask
+
+    model = tiny_llama("goat")
+    layers = list(moe_layers(model))  # (name, layer) pairs, as the trainer passes them
+    context = layers[0][1].routing.context
+    outer, inner = torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)
+    with token_mask(layers, outer):
+        kept = context.token_mask
+        with token_mask(layers, inner):
+            assert context.token_mask is kept and int(kept.sum()) == 0
+        assert context.token_mask is kept and torch.equal(kept, outer)
+        with token_mask(layers, torch.ones(3, 5, dtype=torch.long)):  # another shape: another tensor
+            assert context.token_mask is not kept and context.token_mask.shape == (3, 5)
+    assert context.token_mask is None and context.given is None
+    for length in range(6, 6 + 2 * context.kept_shapes):  # decoding's growing masks: a bounded set of tensors
+        context.token_mask = torch.ones(2, length)
+    assert len(context._kept) == context.kept_shapes
+    context.token_mask = None

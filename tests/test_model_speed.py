@@ -154,3 +154,26 @@ def test_decode_paths_fast_times_only_the_fast_path(tmp_path):
     assert [row["method"] for row in rows] == ["lora", "goat"]
     for row in rows:
         assert row["eager"] == {} and finite_positive(row["fast"]["ms_per_token"]), row
+
+
+def test_out_of_memory_at_one_shape_is_a_row_and_the_next_shape_still_runs(tmp_path, monkeypatch):
+    """The official layer runs out of memory at 16x512 on an H200: the run writes that and goes on."""
+    script = load_script()
+    args = script.parse_args(["--tiny", "--out", str(tmp_path), "--shapes", "4x8,2x8", "--steps", "1"])
+    env = {"device": "cpu", "torch": "", "transformers": "", "peft": "", "cuda": None, "date": "", "argv": []}
+    results = {"env": env, "layers": 2, "settings": {}, "train": [], "decode": [], "skipped": []}
+    run = script.Run(args, script.torch.device("cpu"), results)
+    adapted = script.adapt(run, "lora")
+    real_step = script.train_step
+
+    def step(run, adapted, batch, optimizer):
+        if batch["input_ids"].shape[0] == 4:
+            raise script.torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_step(run, adapted, batch, optimizer)
+
+    monkeypatch.setattr(script, "train_step", step)
+    script.measure_training(run, "lora", "eager", adapted)
+    first, second = run.results["train"]
+    assert first == {"method": "lora", "mode": "eager", "note": "out of memory at 4x8 (n/a GiB allocated at the peak)"}
+    assert second["shape"] == "2x8" and finite_positive(second["step_ms"])
+    assert "lora: out of memory at 4x8" in (tmp_path / "model_speed.md").read_text()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,16 +32,51 @@ def fused_kernels_importable() -> bool:
     return fused is not None
 
 
-@dataclass
 class RoutingContext:
     """Holds the padding mask of the current batch, shared by all MoE layers of one model.
 
     `token_mask` is (B, L) with 1 for real tokens. A layer whose input has leading shape (B, L) excludes
     the masked tokens from its balance loss and load statistics; a layer that sees other shapes (a pooler
     on (B, n)) sees no padding and counts every token.
+
+    Setting `token_mask` copies the mask into a tensor this context keeps for that shape, so a compiled layer
+    reads the same tensor on every batch of a shape. torch.compile marks the tensor attributes of modules as
+    static inputs, and CUDA graphs (trainer.compile=reduce-overhead) re-record every graph whose static input
+    moved: with each batch's own mask tensor, every step re-recorded all of them (23 s a step instead of 0.13 s
+    on the LLaMA-2-7B shape). `given` is the caller's tensor, what a nested setter restores. A kept tensor is
+    overwritten by the next mask of its shape: autograd's version check refuses a backward pass through a
+    forward whose mask was overwritten before it (a nested forward of the same shape inside a training step).
     """
 
-    token_mask: torch.Tensor | None = None
+    kept_shapes = 8  # masks of that many shapes (length buckets, a last smaller batch) stay allocated
+
+    def __init__(self):
+        self.given: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._kept: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def token_mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    @token_mask.setter
+    def token_mask(self, mask: torch.Tensor | None) -> None:
+        # already in place (a hook restoring the caller's mask): a copy would bump the version of a tensor the
+        # backward pass may still need
+        if mask is not None and mask is self.given:
+            return
+        self.given = mask
+        if mask is None:
+            self._mask = None
+            return
+        key = (tuple(mask.shape), mask.dtype, mask.device)
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            kept = torch.empty(mask.shape, dtype=mask.dtype, device=mask.device)
+        self._kept[key] = kept  # the most recently used shape last
+        if len(self._kept) > self.kept_shapes:
+            del self._kept[next(iter(self._kept))]
+        self._mask = kept.copy_(mask)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -347,7 +381,7 @@ def token_mask(model, mask: torch.Tensor | None):
     """Sets the padding mask (B, L) that the model's MoE layers use for the forward passes inside. `model`: the
     model, or the list of its MoE layers."""
     contexts = {id(layer.routing.context): layer.routing.context for _, layer in _routed(model)}
-    previous = {key: ctx.token_mask for key, ctx in contexts.items()}
+    previous = {key: ctx.given for key, ctx in contexts.items()}
     for ctx in contexts.values():
         ctx.token_mask = mask
     try:

@@ -78,7 +78,7 @@ def install_mask_hook(model: nn.Module, context: RoutingContext) -> None:
     outer_masks = []  # the mask set before each (possibly nested) forward, restored after it
 
     def before(module, args, kwargs):
-        outer_masks.append(context.token_mask)
+        outer_masks.append(context.given)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             context.token_mask = mask
