@@ -196,18 +196,13 @@ def test_compiled_layers_read_one_mask_tensor_per_shape():
     torch._dynamo.reset()
     compile_blocks(model, "default", fullgraph=True, backend="aot_eager")
     context = next(layer for layer in model.modules() if isinstance(layer, MoELoRALinear)).routing.context
-    read = []
+    read = []  # the mask each forward's first routed layer finds
+    model.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda module, args: read.append(context.token_mask))
     for lengths in ([16, 11], [9, 16], [16, 16]):
         ids = torch.randint(0, 128, (2, 16))
         mask = (torch.arange(16)[None] < torch.tensor(lengths)[:, None]).long()
-        seen = []
-        hook = model.model.layers[0].mlp.down_proj.register_forward_pre_hook(
-            lambda module, args: seen.append(context.token_mask)
-        )
         forward_right_padded(model, {"input_ids": ids, "attention_mask": mask, "labels": ids}, {"use_cache": False})
-        hook.remove()
-        torch.testing.assert_close(seen[0], mask)  # what the layer read is this batch's mask
-        read.append(seen[0])
+        torch.testing.assert_close(read[-1], mask)  # what the layer read is this batch's mask
     assert read[0] is read[1] is read[2]
     assert getattr(read[0], "_dynamo_static_input_type", None) is not None  # why it matters: dynamo made it static
     assert context.token_mask is None  # cleared after the forward
