@@ -16,7 +16,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import torch
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
@@ -26,6 +25,7 @@ from goat.checkpoint import list_checkpoints, newest_intact_checkpoint, verify
 from goat.checks import check_config, check_model, check_output_dir, check_same_run
 from goat.config import ConfigError, record_adapter
 from goat.models import load_config, load_model
+from goat.run_costs import steady_step_seconds
 from goat.tasks import load_task
 from goat.tasks.records import HELDOUT_SEED, HELDOUT_SPLIT
 from goat.tracking import MetricsLog
@@ -182,8 +182,13 @@ def train(cfg, callbacks=()) -> dict:
 
 
 def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
-    """results.json; train_seconds and epoch_hours cover the steps this process ran (after a resume: since it)."""
+    """results.json; train_seconds, epoch_hours and the memory peaks cover what this process ran (after a resume:
+    since it). epoch_hours and peak_memory_gb are the paper's Table 7 columns: the training steps' time without
+    evaluation, checkpoints or the first log window (compilation, warm-up), and the training steps' peak memory;
+    memory_peaks_gb gives setup, train and evaluation apart."""
     main = trainer.main_metric
+    step_s = steady_step_seconds(trainer.windows) if steps_run else None
+    peaks = trainer.memory.gib()
     return {
         "status": "finished",
         "task": cfg.task.name,
@@ -200,9 +205,11 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
         "majority_baseline": getattr(task, "majority_baseline", None),
         "steps": state.step,
         "train_seconds": round(seconds, 1),
-        # trainer.max_steps=0 runs no step: no time per epoch to extrapolate
-        "epoch_hours": round(seconds / 3600 * trainer.steps_per_epoch / steps_run, 4) if steps_run else None,
-        "peak_memory_gb": _peak_memory_gb(),
+        # trainer.max_steps=0 runs no step: no time per epoch to extrapolate, no training memory
+        "step_seconds": None if step_s is None else round(step_s, 4),
+        "epoch_hours": None if step_s is None else round(step_s * trainer.steps_per_epoch / 3600, 4),
+        "peak_memory_gb": peaks["train"] if steps_run else None,
+        "memory_peaks_gb": peaks,
         "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.params),  # ZeRO-3: whole
         "history": state.history,
     }
@@ -214,13 +221,6 @@ def _heldout(size: int) -> dict | None:
     if not size:
         return None
     return {"split": HELDOUT_SPLIT, "rows": size, "drawn_from": "train", "seed": HELDOUT_SEED}
-
-
-def _peak_memory_gb() -> float | None:
-    """Peak GPU memory this process allocated (Table 7's column), or None on a CPU run."""
-    if not torch.cuda.is_available():
-        return None
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def _save_final(model, run_dir: Path) -> None:

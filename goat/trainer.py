@@ -22,6 +22,7 @@ from goat.adapters import auxiliary_loss, expert_load, moe_layers, token_mask
 from goat.checkpoint import TrainState, list_checkpoints, read_checkpoint, save_checkpoint
 from goat.compile import compile_blocks, compile_counters, without_kv_cache
 from goat.config import ConfigError, NonFiniteLossError
+from goat.run_costs import PhasePeaks
 from goat.schedule import make_scheduler
 
 
@@ -81,6 +82,9 @@ class Trainer:
         self.stop_requested = False
         self.skipped_steps = 0
         self.compile_logged = False
+        # what the run costs (results.json): GPU memory per phase, and the log windows' (steps, seconds)
+        self.memory = PhasePeaks(accelerator.device)
+        self.windows: list[tuple[int, float]] = []
 
     # ----- public -----
     def resume_from(self, checkpoint: Path) -> None:
@@ -95,9 +99,11 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.accelerator.is_main_process and self.t.progress),
         )
+        self.memory.enter("train")
         try:
             self._loop(bar)
         finally:
+            self.memory.enter(None)
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -227,7 +233,9 @@ class Trainer:
         bar.update(1)
         window.count_step()
         if step % self.t.log_every_steps == 0 or step == self.total_steps:
+            steps = window.steps
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
+            self.windows.append((steps, values["train/step_s"] * steps))
             values.update(_load_summary(self.routed))
             if self.compiled_blocks:  # graphs compiled so far: recompilations show up as a rising count
                 values.update(_compile_summary(self.compile_start))
@@ -249,7 +257,11 @@ class Trainer:
     def _evaluate(self, step: int) -> None:
         if self.state.history and self.state.history[-1]["step"] == step:
             return  # epoch end and step interval on the same step: once is enough
-        metrics = self.evaluator(self.model, step)
+        self.memory.enter("evaluation")
+        try:
+            metrics = self.evaluator(self.model, step)
+        finally:
+            self.memory.enter("train")
         record = {"step": step, "epoch": self.state.epoch, **metrics}
         self.state.history.append(record)
         main = self.main_metric

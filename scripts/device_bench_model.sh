@@ -130,7 +130,7 @@ if logged:
     real = statistics.median(row["train/tokens_per_s"] for row in logged)
     print(f"{run.name}: {1000 * step_s:.1f} ms a step, {4 * 512 / step_s:.0f} padded tokens/s ({real:.0f} real), "
           f"median of {len(logged)} logs after the first; first step {first.get('compile/first_step_s')} s, "
-          f"graphs {logged[-1].get('compile/graphs')}; peak {results.get('peak_memory_gb')} GB; MetaMathQA epoch "
+          f"graphs {logged[-1].get('compile/graphs')}; peak GiB by phase {results.get('memory_peaks_gb')}; MetaMathQA epoch "
           f"at this step time: {395_000 / 4 * step_s / 3600:.1f} h")
 PYTHON
     done

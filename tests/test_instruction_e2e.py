@@ -270,6 +270,17 @@ def test_math_run_learns_and_scores_gsm8k_numbers(data_and_model, tmp_path):
     assert [row["gold"] for row in rows] == [18.0, 3.0, 70000.0, 540.0]  # the first four official test answers
     assert results["final"]["gsm8k/accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / 4)
     assert results["main_metric"] == "gsm8k/accuracy"
+    # Table 7's columns: the steady step time from the log windows after the first, times the steps of an epoch
+    windows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "train/step_s" in line]
+    assert len(windows) > 1
+    ends = [w["step"] for w in windows]
+    lengths = [end - start for start, end in zip([0, *ends], ends, strict=False)]
+    steady = sum(n * w["train/step_s"] for n, w in zip(lengths[1:], windows[1:], strict=True)) / sum(lengths[1:])
+    assert results["step_seconds"] == pytest.approx(steady, rel=1e-3, abs=1e-4)
+    epoch_steps = results["steps"] // 6  # six epochs
+    assert results["epoch_hours"] == pytest.approx(results["step_seconds"] * epoch_steps / 3600, rel=1e-3, abs=1e-4)
+    assert results["memory_peaks_gb"] == {"setup": None, "train": None, "evaluation": None}  # no GPU here
+    assert results["peak_memory_gb"] is None
 
 
 def test_code_run_trains_and_scores_humaneval_in_the_sandbox(data_and_model, tmp_path):
