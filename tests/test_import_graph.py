@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "goat"
 # trainer and adapters know nothing of tasks. A module belongs to the layer of its longest listed prefix; a new
 # module must be given a place here.
 LAYERS = (
-    # leaves: import nothing of goat (domains of settings, metrics and answer checks, schedules, compile, logging)
+    # leaves: import nothing of goat (domains of settings, metrics and answer checks, schedules, compile, logging,
+    # a run's costs)
     (
         "goat.domains",
         "goat.metrics",
@@ -30,6 +31,7 @@ LAYERS = (
         "goat.compile",
         "goat.tracking",
         "goat.evaluate",
+        "goat.run_costs",
     ),
     ("goat.adapters",),  # methods: config, layers, surgery, save/load
     ("goat.config",),  # the run's schema and ConfigError
