@@ -43,9 +43,10 @@ class RoutingContext:
     reads the same tensor on every batch of a shape. torch.compile marks the tensor attributes of modules as
     static inputs, and CUDA graphs (trainer.compile=reduce-overhead) re-record every graph whose static input
     moved: with each batch's own mask tensor, every step re-recorded all of them (14-27 s a step instead of
-    0.137 s on the LLaMA-2-7B shape, docs/benchmarks.md). `given` is the caller's tensor, what a nested setter restores. A kept tensor is
-    overwritten by the next mask of its shape: autograd's version check refuses a backward pass through a
-    forward whose mask was overwritten before it (a nested forward of the same shape inside a training step).
+    0.137 s on the LLaMA-2-7B shape, docs/benchmarks.md). `given` is the caller's tensor, what a nested setter
+    restores. A kept tensor is overwritten by the next mask of its shape: autograd's version check refuses a
+    backward pass through a forward whose mask was overwritten before it (a nested forward of the same shape
+    inside a training step).
     """
 
     kept_shapes = 8  # masks of that many shapes (length buckets, a last smaller batch) stay allocated
