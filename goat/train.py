@@ -187,7 +187,7 @@ def _results(cfg, task, state, trainer, seconds: float, steps_run: int) -> dict:
     evaluation, checkpoints or the first log window (compilation, warm-up), and the training steps' peak memory;
     memory_peaks_gb gives setup, train and evaluation apart."""
     main = trainer.main_metric
-    step_s = steady_step_seconds(trainer.windows) if steps_run else None
+    step_s = steady_step_seconds(trainer.windows)  # None when no step ran (no log window)
     peaks = trainer.memory.gib()
     return {
         "status": "finished",
