@@ -6,6 +6,8 @@
 #   PART=decode-b  lora, molora, hydralora, adamole: the fast path alone at batch 8 (what decode did not reach)
 #   PART=decode-c  the same at batch 64
 #   PART=decode-d  lora, dora, pissa: the fast path at batch 8 and 64
+#   PART=decode-e  lora, hydralora, adamole: the fast path at batch 64 (what decode-c did not reach)
+#   PART=decode-f  lora, pissa, dora: the fast path, pissa at batch 8 and 64, then dora (what decode-d did not reach)
 #   PART=train-c   lora, pissa, hydralora-fused: training with CUDA graphs (what dora-pissa and routed-b left out)
 #   PART=dropout   what per-expert dropout costs, 8 blocks at 4x512: lora and goat with and without dropout, goat
 #                  with one mask per token (decides whether a fused Triton dropout kernel is worth writing)
@@ -35,7 +37,7 @@
 # Usage there: PART=train-a bash scripts/device_bench_model.sh
 set -uo pipefail
 OUT=${OUT:-/tmp}
-PART=${PART:?name the part: PART=train-a | train-b | train-c | decode | decode-b | decode-c | decode-d | dropout | graphs | fused | routed-a | routed-b | tiles | recipe | profile}
+PART=${PART:?name the part: PART=train-a | train-b | train-c | decode | decode-b | decode-c | decode-d | decode-e | decode-f | dropout | graphs | fused | routed-a | routed-b | tiles | recipe | profile}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -56,6 +58,8 @@ case "$PART" in
   decode-b) bench --methods lora,molora,hydralora,adamole --shapes '' --decode-batches 8 --decode-paths fast ;;
   decode-c) bench --methods lora,molora,hydralora,adamole --shapes '' --decode-batches 64 --decode-paths fast ;;
   decode-d) bench --methods lora,dora,pissa --shapes '' --decode-batches 8,64 --decode-paths fast ;;
+  decode-e) bench --methods lora,hydralora,adamole --shapes '' --decode-batches 64 --decode-paths fast ;;
+  decode-f) bench --methods lora,pissa,dora --shapes '' --decode-batches 8,64 --decode-paths fast ;;
   train-c)
     kernel_tests || exit 1
     bench --methods lora,pissa,hydralora-fused --modes reduce-overhead --decode-batches '' ;;

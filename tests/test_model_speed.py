@@ -156,6 +156,16 @@ def test_decode_paths_fast_times_only_the_fast_path(tmp_path):
         assert row["eager"] == {} and finite_positive(row["fast"]["ms_per_token"]), row
 
 
+def test_a_decoding_run_names_a_method_skipped_for_time_by_its_decoding(tmp_path):
+    """With --shapes '' a method's eager pass is only its decoding: the skip list must not say "eager"."""
+    script = load_script()
+    for shapes, skipped in (("", "goat decoding"), ("2x16", "goat eager")):
+        args = script.parse_args(["--tiny", "--out", str(tmp_path), "--shapes", shapes, "--budget", "0"])
+        run = script.Run(args, script.torch.device("cpu"), {"train": [], "decode": [], "skipped": []})
+        script.run_method(run, "goat")
+        assert run.results == {"train": [], "decode": [], "skipped": [skipped]}
+
+
 def test_out_of_memory_at_one_shape_is_a_row_and_the_next_shape_still_runs(tmp_path, monkeypatch):
     """The official layer runs out of memory at 16x512 on an H200: the run writes that and goes on."""
     script = load_script()
