@@ -118,7 +118,7 @@ class Trainer:
 
     # ----- the loop -----
     def _loop(self, bar) -> None:
-        window = _Window()
+        window = _Window(self.windows)
         self.model.train()
         if self.total_steps == 0:  # trainer.max_steps=0: the model as loaded, scored once
             self._evaluate(0)
@@ -233,9 +233,7 @@ class Trainer:
         bar.update(1)
         window.count_step()
         if step % self.t.log_every_steps == 0 or step == self.total_steps:
-            steps = window.steps
             values = window.flush(self.accelerator, self.scheduler.get_last_lr()[0])
-            self.windows.append((steps, values["train/step_s"] * steps))
             values.update(_load_summary(self.routed))
             if self.compiled_blocks:  # graphs compiled so far: recompilations show up as a rising count
                 values.update(_compile_summary(self.compile_start))
@@ -277,9 +275,11 @@ class Trainer:
 
 class _Window:
     """Running sums between two log lines: loss, balance loss, tokens (text) or images, optimizer steps, time.
-    The sums stay on the device until the log line, so a training step never waits for the GPU to read them."""
+    The sums stay on the device until the log line, so a training step never waits for the GPU to read them.
+    Each flush appends its window's (steps, seconds) to `timed`."""
 
-    def __init__(self):
+    def __init__(self, timed: list[tuple[int, float]]):
+        self.timed = timed
         self.reset()
 
     def reset(self):
@@ -320,6 +320,7 @@ class _Window:
             "train/tokens_per_s": tokens / elapsed,
             "train/step_s": elapsed / max(self.steps, 1),
         }
+        self.timed.append((self.steps, elapsed))
         self.reset()
         return values
 
